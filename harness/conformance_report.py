@@ -1,0 +1,198 @@
+"""The requirement matrix: scenario outcomes folded per requirement ID, and the verdict.
+
+A requirement passes when at least one of its scenarios ran and none failed;
+the verdict is about the requirements the adapter declares, so a partial
+implementation is certified on what it claims and told plainly that it does
+not conform.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.requirements import (
+    CATALOG,
+    CORE_CAPABILITIES,
+    NOT_YET_COVERED,
+    Requirement,
+)
+
+PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
+NOT_COVERED, NOT_RUN, NOT_DECLARED = "not covered", "not run", "not declared"
+
+
+@dataclass
+class ScenarioOutcome:
+    nodeid: str
+    requirement_ids: tuple[str, ...]
+    outcome: str
+    reason: str = ""
+
+
+@dataclass
+class RequirementRow:
+    id: str
+    text: str
+    capability: str
+    status: str
+    scenarios: int = 0
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: int = 0
+    reason: str = ""
+    failing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    conforming: bool
+    line: str
+
+
+@dataclass
+class ConformanceReport:
+    adapter_name: str
+    adapter_spec: str
+    capabilities: list[str]
+    postgres: str
+    rows: list[RequirementRow]
+    verdict: Verdict
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    def write_json(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    def render(self) -> list[str]:
+        """The matrix as terminal lines: one per requirement, failures named below."""
+        lines = [
+            f"adapter {self.adapter_name!r} ({self.adapter_spec}); capabilities: "
+            f"{', '.join(self.capabilities)}",
+            f"database: {self.postgres}",
+            "",
+            f"{'ID':<7} {'result':<12} {'scenarios':<10} requirement",
+        ]
+        for row in self.rows:
+            counts = _counts(row)
+            detail = row.text if row.status in (PASS, FAIL, ERROR) else f"{row.text} [{row.reason}]"
+            lines.append(f"{row.id:<7} {row.status.upper():<12} {counts:<10} {detail}")
+            lines.extend(f"{'':<7} failed: {nodeid}" for nodeid in row.failing)
+        lines += ["", self.verdict.line]
+        return lines
+
+
+def build_report(
+    outcomes: Iterable[ScenarioOutcome],
+    *,
+    adapter_name: str,
+    adapter_spec: str,
+    capabilities: frozenset[str],
+    postgres: str,
+    complete_run: bool,
+) -> ConformanceReport:
+    by_id: dict[str, list[ScenarioOutcome]] = {}
+    for outcome in outcomes:
+        for requirement_id in outcome.requirement_ids:
+            by_id.setdefault(requirement_id, []).append(outcome)
+    rows = [_row(r, by_id.get(r.id, []), capabilities) for r in CATALOG]
+    return ConformanceReport(
+        adapter_name=adapter_name,
+        adapter_spec=adapter_spec,
+        capabilities=sorted(capabilities),
+        postgres=postgres,
+        rows=rows,
+        verdict=_verdict(rows, adapter_name, capabilities, complete_run),
+    )
+
+
+def _row(
+    requirement: Requirement, outcomes: list[ScenarioOutcome], capabilities: frozenset[str]
+) -> RequirementRow:
+    row = RequirementRow(
+        id=requirement.id,
+        text=requirement.text,
+        capability=requirement.capability,
+        status=NOT_RUN,
+        scenarios=len(outcomes),
+    )
+    for outcome in outcomes:
+        if outcome.outcome == PASS:
+            row.passed += 1
+        elif outcome.outcome == FAIL:
+            row.failed += 1
+            row.failing.append(outcome.nodeid)
+        elif outcome.outcome == ERROR:
+            row.errors += 1
+            row.failing.append(outcome.nodeid)
+        else:
+            row.skipped += 1
+            row.reason = row.reason or outcome.reason
+    if requirement.capability not in capabilities:
+        row.status, row.reason = (
+            NOT_DECLARED,
+            f"adapter lacks capability '{requirement.capability}'",
+        )
+    elif row.failed:
+        row.status = FAIL
+    elif row.errors:
+        row.status, row.reason = ERROR, "harness error: no verdict"
+    elif row.passed:
+        row.status = PASS
+    elif row.skipped:
+        row.status = SKIP
+    elif requirement.id in NOT_YET_COVERED:
+        row.status, row.reason = NOT_COVERED, NOT_YET_COVERED[requirement.id]
+    else:
+        row.reason = "no scenario of it was selected"
+    return row
+
+
+def _verdict(
+    rows: list[RequirementRow], adapter: str, capabilities: frozenset[str], complete_run: bool
+) -> Verdict:
+    declared = [r for r in rows if r.status != NOT_DECLARED]
+    failed = [r.id for r in declared if r.status == FAIL]
+    errors = [r.id for r in declared if r.status == ERROR]
+    unproven = [r.id for r in declared if r.status in (SKIP, NOT_RUN)]
+    passed = [r.id for r in declared if r.status == PASS]
+    uncovered = [r.id for r in declared if r.status == NOT_COVERED]
+    missing_core = sorted(CORE_CAPABILITIES - capabilities)
+    conforming = not missing_core
+    scope = (
+        "a conforming implementation"
+        if conforming
+        else f"NOT a conforming implementation (lacks {', '.join(missing_core)}); "
+        "certified on its declared capabilities only"
+    )
+    if failed:
+        return Verdict(False, conforming, f"FAIL: {adapter!r} breaks {', '.join(failed)}")
+    if errors:
+        return Verdict(
+            False, conforming, f"HARNESS ERROR: no verdict for {', '.join(errors)} (see above)"
+        )
+    if unproven and complete_run:
+        return Verdict(
+            False, conforming, f"INCOMPLETE: {', '.join(unproven)} did not pass a single scenario"
+        )
+    note = f"; not covered by this suite yet: {', '.join(uncovered)}" if uncovered else ""
+    partial = "" if complete_run else " (partial selection)"
+    return Verdict(
+        True,
+        conforming,
+        f"PASS{partial}: {adapter!r} passes {len(passed)} requirements, {scope}{note}",
+    )
+
+
+def _counts(row: RequirementRow) -> str:
+    if row.scenarios == 0:
+        return "-"
+    if row.failed or row.errors:
+        return f"{row.failed + row.errors}/{row.scenarios} bad"
+    return str(row.scenarios)

@@ -1,0 +1,346 @@
+"""Deliberately broken variants of the reference store, one bug each.
+
+They exist to prove the suite catches each bug class: every variant below
+breaks exactly one requirement (named in its docstring) and is otherwise the
+reference, so a run against it must fail that requirement's scenarios. Some
+bugs show up in any sequential test; others only under a race, a cut
+connection or a killed writer, which is the point: they show that the
+concurrency and fault scenarios catch what a sequential suite cannot.
+
+Load one as `reference_impl.broken:<attribute>`, e.g. `reference_impl.broken:unguarded_step`.
+Never use them for anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from harness.contract import Clock, Message, Run, RunAlreadyActive, UsageIn
+from reference_impl import schema
+from reference_impl.adapter import ReferenceAdapter
+from reference_impl.schema import ONE_ACTIVE_RUN_INDEX
+from reference_impl.store import (
+    BUMP_UPDATED_AT,
+    PgTurnStore,
+    check_message_status,
+    finished_parts,
+    usage_params,
+)
+
+_UNGUARDED_STEP_SQL = f"""
+    UPDATE messages
+       SET content = %(content)s, parts = %(parts)s, updated_at = {BUMP_UPDATED_AT}
+     WHERE id = %(message_id)s AND workspace_id = %(workspace_id)s
+"""
+
+
+def _step_params(
+    message_id: str, workspace_id: str, content: str, parts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "workspace_id": workspace_id,
+        "content": content,
+        "parts": Jsonb(parts),
+    }
+
+
+def _replace_once(sql: str, old: str, new: str) -> str:
+    """Edit the reference's SQL, failing loudly if it no longer reads as expected."""
+    if sql.count(old) != 1:
+        raise RuntimeError(f"broken variant out of date: {old!r} not found once in {sql!r}")
+    return sql.replace(old, new)
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+class UnguardedStep(PgTurnStore):
+    """MSG-4: append_step has no status guard, so it writes over a finished row."""
+
+    async def append_step(
+        self, *, message_id: str, workspace_id: str, content: str, parts: list[dict[str, Any]]
+    ) -> bool:
+        params = _step_params(message_id, workspace_id, content, parts)
+        return bool(await self._changed(_UNGUARDED_STEP_SQL, params))
+
+
+class ReadThenWriteStep(PgTurnStore):
+    """MSG-4 (race only): reads the status, then writes unguarded in a second statement."""
+
+    async def append_step(
+        self, *, message_id: str, workspace_id: str, content: str, parts: list[dict[str, Any]]
+    ) -> bool:
+        params = _step_params(message_id, workspace_id, content, parts)
+        row = await self._one(
+            "SELECT status FROM messages"
+            " WHERE id = %(message_id)s AND workspace_id = %(workspace_id)s",
+            params,
+        )
+        if row is None or row["status"] != "streaming":
+            return False
+        return bool(await self._changed(_UNGUARDED_STEP_SQL, params))
+
+
+class CheckThenInsertPersist(PgTurnStore):
+    """MSG-1/MSG-3 (race only): looks for the turn, then inserts without ON CONFLICT,
+    so a concurrent duplicate raises UniqueViolation."""
+
+    async def _persist_turn(
+        self,
+        *,
+        chat_id: str,
+        workspace_id: str,
+        turn_id: str | None,
+        role: str,
+        status: str,
+        content: str,
+        parts: list[dict[str, Any]],
+    ) -> str | None:
+        if not turn_id:
+            return None
+        params = {
+            "chat_id": chat_id,
+            "workspace_id": workspace_id,
+            "turn_id": turn_id,
+            "role": role,
+            "status": status,
+            "content": content,
+            "parts": Jsonb(parts),
+        }
+        row = await self._one(
+            "SELECT id FROM messages WHERE chat_id = %(chat_id)s"
+            " AND workspace_id = %(workspace_id)s AND turn_id = %(turn_id)s AND role = %(role)s",
+            params,
+        )
+        if row is None:
+            row = await self._one(
+                """
+                INSERT INTO messages (chat_id, workspace_id, role, turn_id, status, content, parts)
+                SELECT id, workspace_id, %(role)s, %(turn_id)s, %(status)s, %(content)s, %(parts)s
+                  FROM chats WHERE id = %(chat_id)s AND workspace_id = %(workspace_id)s
+                RETURNING id
+                """,
+                params,
+            )
+        return row["id"] if row else None
+
+
+class UsageLastWriterWins(PgTurnStore):
+    """USG-1: finalize upserts usage, so a later finalize overwrites the first usage."""
+
+    FINALIZE_SQL = _replace_once(
+        PgTurnStore.FINALIZE_SQL,
+        "DO NOTHING",
+        "DO UPDATE SET prompt_tokens = excluded.prompt_tokens,"
+        " completion_tokens = excluded.completion_tokens, total_tokens = excluded.total_tokens,"
+        " cost_micros = excluded.cost_micros, model = excluded.model",
+    )
+
+
+class FinalizeInTwoStatements(PgTurnStore):
+    """DUR-2 (fault only): finalize commits the message, then usage, in two statements,
+    so a writer killed between them leaves a finished message without its usage."""
+
+    async def finalize(
+        self,
+        *,
+        message_id: str,
+        workspace_id: str,
+        status: str,
+        content: str,
+        parts: list[dict[str, Any]],
+        usage: UsageIn | None,
+    ) -> bool:
+        check_message_status(status)
+        params = {
+            "message_id": message_id,
+            "workspace_id": workspace_id,
+            "status": status,
+            "content": content,
+            "parts": Jsonb(finished_parts(content, parts)),
+            **usage_params(usage),
+        }
+        changed = await self._changed(
+            f"""
+            UPDATE messages
+               SET status = %(status)s, content = %(content)s, parts = %(parts)s,
+                   updated_at = {BUMP_UPDATED_AT}
+             WHERE id = %(message_id)s AND workspace_id = %(workspace_id)s
+            """,
+            params,
+        )
+        if changed and usage is not None:
+            await self._changed(
+                """
+                INSERT INTO usage
+                       (message_id, prompt_tokens, completion_tokens, total_tokens,
+                        cost_micros, model)
+                VALUES (%(message_id)s, %(prompt_tokens)s, %(completion_tokens)s,
+                        %(total_tokens)s, %(cost_micros)s, %(model)s)
+                ON CONFLICT (message_id) WHERE message_id IS NOT NULL DO NOTHING
+                """,
+                params,
+            )
+        return bool(changed)
+
+
+class StepsInMemory(PgTurnStore):
+    """DUR-1 (fault only): append_step keeps the step in this process and returns True
+    without writing it; this store's own reads show it, a crash loses it."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[DictRow], *, clock: Clock | None) -> None:
+        super().__init__(conn, clock=clock)
+        self._steps: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+
+    async def append_step(
+        self, *, message_id: str, workspace_id: str, content: str, parts: list[dict[str, Any]]
+    ) -> bool:
+        message = await super().get_message(message_id=message_id, workspace_id=workspace_id)
+        if message is None or message.status != "streaming":
+            return False
+        self._steps[message_id] = (content, parts)
+        return True
+
+    async def get_message(self, *, message_id: str, workspace_id: str) -> Message | None:
+        message = await super().get_message(message_id=message_id, workspace_id=workspace_id)
+        step = self._steps.get(message_id)
+        if message is not None and step is not None and message.status == "streaming":
+            message = replace(message, content=step[0], parts=step[1])
+        return message
+
+
+# --- sweep ------------------------------------------------------------------------------------
+
+
+class SweepWithoutStaleness(PgTurnStore):
+    """SWP-2: sweep_streaming ignores older_than and aborts live, fresh rows too."""
+
+    async def sweep_streaming(self, *, older_than: timedelta) -> int:
+        return await self._changed(
+            f"UPDATE messages SET status = 'aborted', updated_at = {BUMP_UPDATED_AT}"
+            " WHERE status = 'streaming'",
+            {},
+        )
+
+
+class SweepTouchesLegacy(PgTurnStore):
+    """SWP-2: sweep_streaming treats a legacy NULL status as streaming and aborts it."""
+
+    async def sweep_streaming(self, *, older_than: timedelta) -> int:
+        return await self._changed(
+            f"UPDATE messages SET status = 'aborted', updated_at = {BUMP_UPDATED_AT}"
+            " WHERE coalesce(status, 'streaming') = 'streaming'"
+            " AND updated_at < now() - %(older_than)s",
+            {"older_than": older_than},
+        )
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+class CheckThenActBegin(PgTurnStore):
+    """RUN-1 (race only): no unique index; begin_run looks for an active run, then inserts."""
+
+    async def begin_run(self, *, chat_id: str, workspace_id: str, trigger: str = "user") -> Run:
+        active = await self._one(
+            "SELECT 1 FROM runs WHERE chat_id = %(chat_id)s AND status IN ('pending', 'running')",
+            {"chat_id": chat_id},
+        )
+        if active is not None:
+            raise RunAlreadyActive(chat_id)
+        return await super().begin_run(chat_id=chat_id, workspace_id=workspace_id, trigger=trigger)
+
+
+class _WithoutOneActiveIndex(ReferenceAdapter):
+    """Installs the reference schema minus the one-active-run index (for CheckThenActBegin)."""
+
+    async def install(self, dsn: str) -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:  # commits on exit
+            for statement in schema.ddl():
+                if ONE_ACTIVE_RUN_INDEX not in statement:
+                    await conn.execute(statement)
+            await conn.execute(f"DROP INDEX IF EXISTS {ONE_ACTIVE_RUN_INDEX}")
+
+
+class BeginSwallowsConflict(PgTurnStore):
+    """RUN-1: a losing begin_run returns the existing active run instead of raising."""
+
+    async def begin_run(self, *, chat_id: str, workspace_id: str, trigger: str = "user") -> Run:
+        try:
+            return await super().begin_run(
+                chat_id=chat_id, workspace_id=workspace_id, trigger=trigger
+            )
+        except RunAlreadyActive:
+            run = await self.latest_run(chat_id=chat_id, workspace_id=workspace_id)
+            assert run is not None
+            return run
+
+
+class BeginBlamesEverything(PgTurnStore):
+    """RUN-2: begin_run reports every failure, a missing chat included, as RunAlreadyActive."""
+
+    async def begin_run(self, *, chat_id: str, workspace_id: str, trigger: str = "user") -> Run:
+        try:
+            return await super().begin_run(
+                chat_id=chat_id, workspace_id=workspace_id, trigger=trigger
+            )
+        except Exception as exc:
+            raise RunAlreadyActive(chat_id) from exc
+
+
+# --- the adapters the harness loads -------------------------------------------------------------
+
+unguarded_step = ReferenceAdapter(name="broken-unguarded-step", store_class=UnguardedStep)
+read_then_write_step = ReferenceAdapter(
+    name="broken-read-then-write-step", store_class=ReadThenWriteStep
+)
+check_then_act_begin = _WithoutOneActiveIndex(
+    name="broken-check-then-act-begin", store_class=CheckThenActBegin
+)
+begin_swallows_conflict = ReferenceAdapter(
+    name="broken-begin-swallows-conflict", store_class=BeginSwallowsConflict
+)
+begin_blames_everything = ReferenceAdapter(
+    name="broken-begin-blames-everything", store_class=BeginBlamesEverything
+)
+sweep_without_staleness = ReferenceAdapter(
+    name="broken-sweep-without-staleness", store_class=SweepWithoutStaleness
+)
+sweep_touches_legacy = ReferenceAdapter(
+    name="broken-sweep-touches-legacy", store_class=SweepTouchesLegacy
+)
+check_then_insert_persist = ReferenceAdapter(
+    name="broken-check-then-insert-persist", store_class=CheckThenInsertPersist
+)
+usage_last_writer_wins = ReferenceAdapter(
+    name="broken-usage-last-writer-wins", store_class=UsageLastWriterWins
+)
+finalize_in_two_statements = ReferenceAdapter(
+    name="broken-finalize-in-two-statements", store_class=FinalizeInTwoStatements
+)
+steps_in_memory = ReferenceAdapter(name="broken-steps-in-memory", store_class=StepsInMemory)
+
+VARIANTS: dict[str, ReferenceAdapter] = {
+    adapter.name.removeprefix("broken-").replace("-", "_"): adapter
+    for adapter in (
+        unguarded_step,
+        read_then_write_step,
+        check_then_act_begin,
+        begin_swallows_conflict,
+        begin_blames_everything,
+        sweep_without_staleness,
+        sweep_touches_legacy,
+        check_then_insert_persist,
+        usage_last_writer_wins,
+        finalize_in_two_statements,
+        steps_in_memory,
+    )
+}
+"""Every variant by its attribute name, for a meta-test that runs the suite against each."""

@@ -1,0 +1,161 @@
+"""Helpers shared by the scenario modules, written only against the contract's interface."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from harness import RunAlreadyActive, TurnStore, Usage, UsageIn
+from harness.contract import (
+    ACTIVE_RUN_STATUSES,
+    NO_TEXT_PART,
+    TERMINAL_MESSAGE_STATUSES,
+    TERMINAL_RUN_STATUSES,
+)
+
+__all__ = [
+    "ACTIVE_RUN_STATUSES",
+    "NO_TEXT_PART",
+    "SKEW",
+    "STALE",
+    "TERMINAL_MESSAGE_STATUSES",
+    "TERMINAL_RUN_STATUSES",
+    "USAGE_A",
+    "USAGE_B",
+    "Turn",
+    "assert_not_run_already_active",
+    "begin_failure",
+    "describe_error",
+    "is_empty_parts",
+    "missing_id_like",
+    "new_turn_id",
+    "new_workspace",
+    "skewed_clock",
+    "streaming_turn",
+    "text_parts",
+    "usage_values",
+]
+
+STALE = timedelta(seconds=1)
+"""The staleness threshold the sweep scenarios pass as `older_than`."""
+
+SKEW = timedelta(minutes=10)
+"""How far a skewed replica's app clock runs ahead of (or behind) real time."""
+
+USAGE_A = UsageIn(
+    prompt_tokens=100, completion_tokens=50, total_tokens=150, cost_micros=12_345, model="model-a"
+)
+USAGE_B = UsageIn(
+    prompt_tokens=999,
+    completion_tokens=999,
+    total_tokens=1_998,
+    cost_micros=99_999,
+    model="model-b",
+)
+
+
+def new_workspace() -> str:
+    """A workspace id no other test uses."""
+    return str(uuid.uuid4())
+
+
+def new_turn_id() -> str:
+    """A client turn id (the idempotency key) no other turn uses."""
+    return f"turn-{uuid.uuid4()}"
+
+
+def missing_id_like(real_id: str) -> str:
+    """An id shaped like `real_id` (digits stay digits, UUIDs stay UUIDs) that names nothing."""
+    if real_id.isdigit():
+        return str(int(real_id) + 1_000_000_007)
+    try:
+        uuid.UUID(real_id)
+    except ValueError:
+        return f"{real_id}-missing-{uuid.uuid4().hex[:8]}"
+    return str(uuid.uuid4())
+
+
+def skewed_clock(offset: timedelta) -> Callable[[], datetime]:
+    """An app clock running `offset` away from real time (a replica whose clock is wrong)."""
+    return lambda: datetime.now(UTC) + offset
+
+
+def text_parts(text: str) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": text}]
+
+
+def is_empty_parts(parts: list[dict[str, Any]]) -> bool:
+    """Parts of a row with no text yet: none at all, or only empty text parts."""
+    return all(p.get("type") == "text" and p.get("text") == "" for p in parts)
+
+
+def usage_values(usage: Usage | UsageIn) -> tuple[int, int, int, int, str]:
+    return (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.total_tokens,
+        usage.cost_micros,
+        usage.model,
+    )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One chat turn set up for a scenario: its chat, user row and streaming assistant row."""
+
+    workspace_id: str
+    chat_id: str
+    turn_id: str
+    user_message_id: str
+    assistant_message_id: str
+
+
+async def streaming_turn(
+    store: TurnStore,
+    *,
+    workspace_id: str | None = None,
+    chat_id: str | None = None,
+    text: str = "hello",
+) -> Turn:
+    """Create (or reuse) a chat, persist a user turn and its assistant shell, still streaming."""
+    workspace_id = workspace_id or new_workspace()
+    if chat_id is None:
+        chat_id = await store.create_chat(workspace_id=workspace_id)
+    turn_id = new_turn_id()
+    user_id = await store.persist_user_turn(
+        chat_id=chat_id, workspace_id=workspace_id, turn_id=turn_id, text=text
+    )
+    assistant_id = await store.persist_assistant_shell(
+        chat_id=chat_id, workspace_id=workspace_id, turn_id=turn_id
+    )
+    assert user_id is not None, "set-up: persist_user_turn returned None for a valid turn"
+    assert assistant_id is not None, (
+        "set-up: persist_assistant_shell returned None for a valid turn"
+    )
+    return Turn(workspace_id, chat_id, turn_id, user_id, assistant_id)
+
+
+async def begin_failure(store: TurnStore, *, chat_id: str, workspace_id: str) -> Exception:
+    """The error `begin_run` raises here; fails the scenario if it starts a run instead."""
+    try:
+        run = await store.begin_run(chat_id=chat_id, workspace_id=workspace_id)
+    except Exception as exc:
+        return exc
+    raise AssertionError(
+        f"begin_run(chat_id={chat_id!r}, workspace_id={workspace_id!r}) started run {run.id!r} "
+        "where it had to fail"
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+
+
+def assert_not_run_already_active(exc: Exception, why: str) -> None:
+    assert not isinstance(exc, RunAlreadyActive), (
+        f"begin_run failed because {why}, but reported RunAlreadyActive "
+        f"({describe_error(exc)}); only the one-active-run conflict may be reported that way"
+    )

@@ -1,0 +1,619 @@
+"""Messages: idempotent turns, the streaming guard, finalize, timestamps (MSG-1 .. MSG-9).
+
+The sequential forms; the concurrent forms run under the race engine.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+
+from harness import InvalidArgument, Message, TurnStore
+
+from .support import (
+    NO_TEXT_PART,
+    SKEW,
+    STALE,
+    TERMINAL_MESSAGE_STATUSES,
+    USAGE_A,
+    is_empty_parts,
+    missing_id_like,
+    new_turn_id,
+    new_workspace,
+    skewed_clock,
+    streaming_turn,
+    text_parts,
+)
+
+pytestmark = pytest.mark.anyio
+
+PERSIST_OPS = ("persist_user_turn", "persist_assistant_shell")
+FINAL_PARTS = [
+    {"type": "text", "text": "final answer"},
+    {"type": "tool-call", "toolCallId": "call-1", "toolName": "ls", "args": {"path": "/"}},
+]
+
+
+async def persist(store: TurnStore, op: str, *, chat_id: str, workspace_id: str, turn_id):
+    """Call one of the two persist operations by name (the user turn gets a fixed text)."""
+    if op == "persist_user_turn":
+        return await store.persist_user_turn(
+            chat_id=chat_id, workspace_id=workspace_id, turn_id=turn_id, text="hello"
+        )
+    return await store.persist_assistant_shell(
+        chat_id=chat_id, workspace_id=workspace_id, turn_id=turn_id
+    )
+
+
+async def get(store: TurnStore, turn_or_id, workspace_id: str | None = None) -> Message:
+    """Read a message that must exist."""
+    if isinstance(turn_or_id, str):
+        message_id, ws = turn_or_id, workspace_id
+    else:
+        message_id, ws = turn_or_id.assistant_message_id, turn_or_id.workspace_id
+    message = await store.get_message(message_id=message_id, workspace_id=ws)
+    assert message is not None, f"get_message({message_id!r}) found nothing in its own workspace"
+    return message
+
+
+def assert_database_time(value: datetime, before: datetime, after: datetime, what: str) -> None:
+    assert before <= value <= after, (
+        f"{what} set updated_at={value.isoformat()}, outside the database clock's window "
+        f"[{before.isoformat()}, {after.isoformat()}] around the call "
+        f"(off by about {(value - before).total_seconds():+.1f} s): not the database clock"
+    )
+
+
+# --- MSG-1 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("MSG-1")
+async def test_repeated_user_turn_returns_same_id_and_keeps_first_text(store):
+    """Repeating persist_user_turn with one turn id returns one id, one row, the first text."""
+    ws = new_workspace()
+    chat = await store.create_chat(workspace_id=ws)
+    turn = new_turn_id()
+    ids = [
+        await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn, text=text)
+        for text in ("first text", "second text", "third text")
+    ]
+    assert ids[0] is not None
+    assert ids == [ids[0]] * 3, f"the repeated calls returned different ids: {ids}"
+    rows = await store.list_messages(chat_id=chat, workspace_id=ws)
+    assert [m.id for m in rows] == [ids[0]], f"expected exactly one row, found {rows}"
+    (row,) = rows
+    assert (row.role, row.turn_id, row.chat_id, row.workspace_id) == ("user", turn, chat, ws)
+    assert row.content == "first text", "the first text must win"
+    stored = json.dumps([row.content, row.parts])
+    assert "second text" not in stored
+    assert "third text" not in stored
+
+
+@pytest.mark.requirement("MSG-1")
+async def test_repeated_user_turn_from_another_replica_returns_same_id(store, open_store):
+    """A retry of persist_user_turn through another replica finds the same row."""
+    ws = new_workspace()
+    chat = await store.create_chat(workspace_id=ws)
+    turn = new_turn_id()
+    other = await open_store(name="replica-b")
+    first = await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn, text="a")
+    second = await other.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn, text="b")
+    assert first is not None
+    assert second == first
+    rows = await store.list_messages(chat_id=chat, workspace_id=ws)
+    assert [(m.id, m.content) for m in rows] == [(first, "a")]
+
+
+@pytest.mark.requirement("MSG-1")
+async def test_user_turn_idempotency_is_per_chat_and_turn(store):
+    """The same turn id in another chat, or another turn id, makes a row of its own."""
+    ws = new_workspace()
+    chat_1 = await store.create_chat(workspace_id=ws)
+    chat_2 = await store.create_chat(workspace_id=ws)
+    turn, other_turn = new_turn_id(), new_turn_id()
+    in_1 = await store.persist_user_turn(chat_id=chat_1, workspace_id=ws, turn_id=turn, text="1")
+    in_2 = await store.persist_user_turn(chat_id=chat_2, workspace_id=ws, turn_id=turn, text="2")
+    later = await store.persist_user_turn(
+        chat_id=chat_1, workspace_id=ws, turn_id=other_turn, text="3"
+    )
+    assert None not in (in_1, in_2, later)
+    assert len({in_1, in_2, later}) == 3, f"distinct turns shared an id: {in_1}, {in_2}, {later}"
+    rows_1 = await store.list_messages(chat_id=chat_1, workspace_id=ws)
+    rows_2 = await store.list_messages(chat_id=chat_2, workspace_id=ws)
+    assert [(m.id, m.content) for m in rows_1] == [(in_1, "1"), (later, "3")]
+    assert [(m.id, m.content) for m in rows_2] == [(in_2, "2")]
+
+
+# --- MSG-2 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("MSG-2")
+@pytest.mark.parametrize("turn_id", ["", None], ids=["empty", "missing"])
+@pytest.mark.parametrize("op", PERSIST_OPS)
+async def test_no_turn_id_returns_none_and_writes_nothing(store, op, turn_id):
+    """A persist with an empty or missing turn id returns None and writes no row."""
+    ws = new_workspace()
+    chat = await store.create_chat(workspace_id=ws)
+    for _ in range(2):
+        result = await persist(store, op, chat_id=chat, workspace_id=ws, turn_id=turn_id)
+        assert result is None, f"{op}(turn_id={turn_id!r}) returned {result!r}, not None"
+    rows = await store.list_messages(chat_id=chat, workspace_id=ws)
+    assert rows == [], f"{op}(turn_id={turn_id!r}) wrote rows: {rows}"
+
+
+# --- MSG-3 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("MSG-3")
+async def test_assistant_shell_is_an_empty_assistant_row(store):
+    """persist_assistant_shell makes an assistant row of the turn with no text yet."""
+    ws = new_workspace()
+    chat = await store.create_chat(workspace_id=ws)
+    turn = new_turn_id()
+    shell = await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn)
+    assert shell is not None
+    row = await get(store, shell, ws)
+    assert (row.id, row.role, row.turn_id, row.chat_id, row.workspace_id) == (
+        shell,
+        "assistant",
+        turn,
+        chat,
+        ws,
+    )
+    assert row.content == ""
+    assert is_empty_parts(row.parts), f"a fresh shell must carry no text, got parts {row.parts}"
+
+
+@pytest.mark.requirement("MSG-3")
+@pytest.mark.capability("streaming")
+async def test_assistant_shell_is_streaming(store):
+    """A fresh assistant shell has status 'streaming'."""
+    turn = await streaming_turn(store)
+    row = await get(store, turn)
+    assert row.status == "streaming"
+
+
+@pytest.mark.requirement("MSG-3")
+async def test_repeated_assistant_shell_returns_same_id_and_one_row(store, open_store):
+    """Repeating persist_assistant_shell (also via another replica) gives one id and one row."""
+    ws = new_workspace()
+    chat = await store.create_chat(workspace_id=ws)
+    turn = new_turn_id()
+    other = await open_store(name="replica-b")
+    ids = [
+        await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn),
+        await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn),
+        await other.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn),
+    ]
+    assert ids[0] is not None
+    assert ids == [ids[0]] * 3, f"the repeated calls returned different ids: {ids}"
+    rows = await store.list_messages(chat_id=chat, workspace_id=ws)
+    assert [(m.id, m.role) for m in rows] == [(ids[0], "assistant")]
+
+
+@pytest.mark.requirement("MSG-1", "MSG-3")
+async def test_user_and_assistant_rows_of_one_turn_are_distinct(store):
+    """One turn id keys one user row and one assistant row, in either order, each idempotent."""
+    ws = new_workspace()
+    chat = await store.create_chat(workspace_id=ws)
+    turn_1, turn_2 = new_turn_id(), new_turn_id()
+    user_1 = await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn_1, text="q1")
+    shell_1 = await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn_1)
+    # The second turn persists its shell first.
+    shell_2 = await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn_2)
+    user_2 = await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn_2, text="q2")
+    ids = [user_1, shell_1, shell_2, user_2]
+    assert None not in ids
+    assert len(set(ids)) == 4, f"user and assistant rows shared an id: {ids}"
+    again = [
+        await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn_1, text="x"),
+        await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn_1),
+        await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn_2),
+        await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn_2, text="y"),
+    ]
+    assert again == ids
+    rows = await store.list_messages(chat_id=chat, workspace_id=ws)
+    assert [(m.id, m.role, m.turn_id) for m in rows] == [
+        (user_1, "user", turn_1),
+        (shell_1, "assistant", turn_1),
+        (shell_2, "assistant", turn_2),
+        (user_2, "user", turn_2),
+    ], "expected the four rows, oldest first"
+
+
+# --- MSG-4 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("MSG-4")
+async def test_append_step_applies_while_streaming(store):
+    """append_step on a streaming row returns True and stores the step's content and parts."""
+    turn = await streaming_turn(store)
+    parts = [*text_parts("partial"), {"type": "tool-call", "toolCallId": "c1", "toolName": "ls"}]
+    applied = await store.append_step(
+        message_id=turn.assistant_message_id,
+        workspace_id=turn.workspace_id,
+        content="partial",
+        parts=parts,
+    )
+    assert applied is True
+    row = await get(store, turn)
+    assert (row.status, row.content, row.parts) == ("streaming", "partial", parts)
+
+
+@pytest.mark.requirement("MSG-4")
+@pytest.mark.parametrize("status", TERMINAL_MESSAGE_STATUSES)
+async def test_late_step_after_finalize_changes_nothing(store, status):
+    """Once finalized, a late append_step returns False and leaves the row exactly as it was."""
+    turn = await streaming_turn(store)
+    mid, ws = turn.assistant_message_id, turn.workspace_id
+    assert await store.append_step(
+        message_id=mid, workspace_id=ws, content="partial", parts=text_parts("partial")
+    )
+    assert await store.finalize(
+        message_id=mid,
+        workspace_id=ws,
+        status=status,
+        content="final answer",
+        parts=FINAL_PARTS,
+        usage=None,
+    )
+    finalized = await get(store, turn)
+    assert (finalized.status, finalized.content, finalized.parts) == (
+        status,
+        "final answer",
+        FINAL_PARTS,
+    )
+    late = await store.append_step(
+        message_id=mid, workspace_id=ws, content="late step", parts=text_parts("late step")
+    )
+    assert late is False, f"append_step on a {status!r} row returned {late!r}, not False"
+    assert await get(store, turn) == finalized, f"a late append_step changed a {status!r} row"
+
+
+@pytest.mark.requirement("MSG-4")
+async def test_step_on_legacy_row_changes_nothing(store):
+    """append_step on a legacy NULL-status row returns False and leaves it as it was."""
+    ws = new_workspace()
+    chat = await store.create_chat(workspace_id=ws)
+    legacy = await store.insert_legacy_message(chat_id=chat, workspace_id=ws, content="old answer")
+    before = await get(store, legacy, ws)
+    assert (before.status, before.content, before.role) == (None, "old answer", "assistant")
+    late = await store.append_step(
+        message_id=legacy, workspace_id=ws, content="late step", parts=text_parts("late step")
+    )
+    assert late is False, f"append_step on a legacy row returned {late!r}, not False"
+    assert await get(store, legacy, ws) == before, "append_step changed a legacy NULL-status row"
+
+
+# --- MSG-5 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("MSG-5")
+async def test_append_step_moves_updated_at_forward(store):
+    """Every append_step on a streaming row moves updated_at strictly forward."""
+    turn = await streaming_turn(store)
+    previous = (await get(store, turn)).updated_at
+    for step in range(1, 6):
+        text = f"step {step}"
+        assert await store.append_step(
+            message_id=turn.assistant_message_id,
+            workspace_id=turn.workspace_id,
+            content=text,
+            parts=text_parts(text),
+        )
+        current = (await get(store, turn)).updated_at
+        assert current > previous, (
+            f"append_step #{step} left updated_at at {current.isoformat()}, "
+            f"not after {previous.isoformat()}"
+        )
+        previous = current
+
+
+@pytest.mark.requirement("MSG-5")
+@pytest.mark.parametrize("offset", [SKEW, -SKEW], ids=["replica-ahead", "replica-behind"])
+async def test_message_writes_take_updated_at_from_database_clock(open_store, db_clock, offset):
+    """persist, append_step and finalize by a replica with a wrong clock stamp database time."""
+    replica = await open_store(clock=skewed_clock(offset), name="skewed-replica")
+    ws = new_workspace()
+    chat = await replica.create_chat(workspace_id=ws)
+    turn = new_turn_id()
+
+    before = await db_clock.now()
+    user = await replica.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn, text="q")
+    after = await db_clock.now()
+    assert user is not None
+    assert_database_time(
+        (await get(replica, user, ws)).updated_at, before, after, "persist_user_turn"
+    )
+
+    before = await db_clock.now()
+    shell = await replica.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn)
+    after = await db_clock.now()
+    assert shell is not None
+    assert_database_time(
+        (await get(replica, shell, ws)).updated_at, before, after, "persist_assistant_shell"
+    )
+
+    before = await db_clock.now()
+    assert await replica.append_step(
+        message_id=shell, workspace_id=ws, content="step", parts=text_parts("step")
+    )
+    after = await db_clock.now()
+    assert_database_time((await get(replica, shell, ws)).updated_at, before, after, "append_step")
+
+    before = await db_clock.now()
+    assert await replica.finalize(
+        message_id=shell,
+        workspace_id=ws,
+        status="completed",
+        content="done",
+        parts=text_parts("done"),
+        usage=None,
+    )
+    after = await db_clock.now()
+    assert_database_time((await get(replica, shell, ws)).updated_at, before, after, "finalize")
+
+
+@pytest.mark.requirement("MSG-5")
+@pytest.mark.capability("sweep")
+async def test_sweep_takes_updated_at_from_database_clock(store, open_store, db_clock):
+    """A sweep by a replica whose clock runs ahead stamps the aborted row with database time."""
+    turn = await streaming_turn(store)
+    await db_clock.let_pass(STALE)
+    sweeper = await open_store(clock=skewed_clock(SKEW), name="sweeper-ahead")
+    before = await db_clock.now()
+    swept = await sweeper.sweep_streaming(older_than=STALE)
+    after = await db_clock.now()
+    row = await get(store, turn)
+    assert (swept, row.status) == (1, "aborted"), "set-up: the stale row was not swept"
+    assert_database_time(row.updated_at, before, after, "sweep_streaming")
+
+
+# --- MSG-6 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("MSG-6")
+@pytest.mark.parametrize("status", TERMINAL_MESSAGE_STATUSES)
+async def test_finalize_sets_status_content_and_parts(store, status):
+    """finalize of a streaming row returns True and stores exactly the given status, text, parts."""
+    turn = await streaming_turn(store)
+    done = await store.finalize(
+        message_id=turn.assistant_message_id,
+        workspace_id=turn.workspace_id,
+        status=status,
+        content="final answer",
+        parts=FINAL_PARTS,
+        usage=None,
+    )
+    assert done is True
+    row = await get(store, turn)
+    assert (row.status, row.content, row.parts) == (status, "final answer", FINAL_PARTS)
+
+
+@pytest.mark.requirement("MSG-6")
+@pytest.mark.capability("sweep")
+async def test_finalize_wins_over_a_sweep(store, db_clock):
+    """finalize of a row a sweep already marked aborted sets the finalize's status and text."""
+    turn = await streaming_turn(store)
+    mid, ws = turn.assistant_message_id, turn.workspace_id
+    assert await store.append_step(
+        message_id=mid, workspace_id=ws, content="partial", parts=text_parts("partial")
+    )
+    await db_clock.let_pass(STALE)
+    assert await store.sweep_streaming(older_than=STALE) == 1
+    assert (await get(store, turn)).status == "aborted", "set-up: the sweep did not abort the row"
+    done = await store.finalize(
+        message_id=mid,
+        workspace_id=ws,
+        status="completed",
+        content="final answer",
+        parts=FINAL_PARTS,
+        usage=None,
+    )
+    assert done is True, "finalize over a swept row must still apply"
+    row = await get(store, turn)
+    assert (row.status, row.content, row.parts) == ("completed", "final answer", FINAL_PARTS)
+
+
+@pytest.mark.requirement("MSG-6")
+async def test_second_finalize_overwrites(store):
+    """A second (and third) finalize overwrites status, content and parts again."""
+    turn = await streaming_turn(store)
+    for status, text in (("completed", "one"), ("error", "two"), ("aborted", "three")):
+        done = await store.finalize(
+            message_id=turn.assistant_message_id,
+            workspace_id=turn.workspace_id,
+            status=status,
+            content=text,
+            parts=text_parts(text),
+            usage=None,
+        )
+        assert done is True, f"finalize to {status!r} over a finalized row returned {done!r}"
+        row = await get(store, turn)
+        assert (row.status, row.content, row.parts) == (status, text, text_parts(text))
+
+
+@pytest.mark.requirement("MSG-6")
+@pytest.mark.parametrize(
+    "status", ["streaming", "pending", "succeeded", "done", "", "COMPLETED", " completed"]
+)
+async def test_finalize_rejects_unknown_status(store, status):
+    """finalize with a status not completed/error/aborted raises InvalidArgument, no write."""
+    turn = await streaming_turn(store)
+    before = await get(store, turn)
+    with pytest.raises(InvalidArgument):
+        await store.finalize(
+            message_id=turn.assistant_message_id,
+            workspace_id=turn.workspace_id,
+            status=status,
+            content="should not land",
+            parts=text_parts("should not land"),
+            usage=None,
+        )
+    assert await get(store, turn) == before, f"finalize(status={status!r}) wrote to the row"
+
+
+@pytest.mark.requirement("MSG-6")
+@pytest.mark.capability("usage")
+async def test_finalize_with_unknown_status_writes_no_usage(store):
+    """A finalize rejected for its status writes no usage row either."""
+    turn = await streaming_turn(store)
+    with pytest.raises(InvalidArgument):
+        await store.finalize(
+            message_id=turn.assistant_message_id,
+            workspace_id=turn.workspace_id,
+            status="finished",
+            content="x",
+            parts=text_parts("x"),
+            usage=USAGE_A,
+        )
+    assert await store.usage_for(message_id=turn.assistant_message_id) == []
+
+
+# --- MSG-7 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("MSG-7")
+@pytest.mark.parametrize("status", TERMINAL_MESSAGE_STATUSES)
+async def test_empty_finalize_stores_no_text_marker(store, status):
+    """finalize with empty content and no parts stores the single '(no text response)' part."""
+    turn = await streaming_turn(store)
+    assert await store.finalize(
+        message_id=turn.assistant_message_id,
+        workspace_id=turn.workspace_id,
+        status=status,
+        content="",
+        parts=[],
+        usage=None,
+    )
+    row = await get(store, turn)
+    assert row.status == status
+    assert row.parts == [NO_TEXT_PART]
+
+
+@pytest.mark.requirement("MSG-7")
+async def test_marker_only_when_there_is_nothing(store):
+    """A finalize with text but no parts, or parts but no text, gets no status marker."""
+    text_only = await streaming_turn(store)
+    assert await store.finalize(
+        message_id=text_only.assistant_message_id,
+        workspace_id=text_only.workspace_id,
+        status="completed",
+        content="an answer",
+        parts=[],
+        usage=None,
+    )
+    row = await get(store, text_only)
+    assert row.content == "an answer"
+    assert NO_TEXT_PART not in row.parts, "a finalize that had text got the no-text marker"
+
+    tools_only = await streaming_turn(store)
+    tool_parts = [{"type": "tool-call", "toolCallId": "c1", "toolName": "ls", "args": {}}]
+    assert await store.finalize(
+        message_id=tools_only.assistant_message_id,
+        workspace_id=tools_only.workspace_id,
+        status="completed",
+        content="",
+        parts=tool_parts,
+        usage=None,
+    )
+    row = await get(store, tools_only)
+    assert (row.content, row.parts) == ("", tool_parts)
+
+
+# --- MSG-8 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("MSG-8")
+async def test_finalize_of_missing_message_returns_false(store):
+    """finalize of a message id that names nothing returns False and does not raise."""
+    turn = await streaming_turn(store)
+    before = await store.list_messages(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
+    missing = missing_id_like(turn.assistant_message_id)
+    done = await store.finalize(
+        message_id=missing,
+        workspace_id=turn.workspace_id,
+        status="completed",
+        content="x",
+        parts=text_parts("x"),
+        usage=None,
+    )
+    assert done is False
+    after = await store.list_messages(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
+    assert after == before
+
+
+@pytest.mark.requirement("MSG-8")
+@pytest.mark.capability("usage")
+async def test_finalize_of_missing_message_writes_no_usage(store):
+    """finalize with usage of a message that does not exist returns False and writes no usage."""
+    turn = await streaming_turn(store)
+    missing = missing_id_like(turn.assistant_message_id)
+    done = await store.finalize(
+        message_id=missing,
+        workspace_id=turn.workspace_id,
+        status="completed",
+        content="x",
+        parts=text_parts("x"),
+        usage=USAGE_A,
+    )
+    assert done is False
+    assert await store.usage_for(message_id=missing) == []
+
+
+@pytest.mark.requirement("MSG-8", "WS-1")
+@pytest.mark.capability("usage")
+async def test_finalize_in_other_workspace_returns_false_and_writes_no_usage(store):
+    """finalize of a real message under another workspace id returns False, writes nothing."""
+    turn = await streaming_turn(store)
+    before = await get(store, turn)
+    done = await store.finalize(
+        message_id=turn.assistant_message_id,
+        workspace_id=new_workspace(),
+        status="completed",
+        content="hijacked",
+        parts=text_parts("hijacked"),
+        usage=USAGE_A,
+    )
+    assert done is False
+    assert await get(store, turn) == before, "a foreign-workspace finalize changed the row"
+    assert await store.usage_for(message_id=turn.assistant_message_id) == [], (
+        "a foreign-workspace finalize wrote a usage row"
+    )
+
+
+# --- MSG-9 ---------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("MSG-9")
+@pytest.mark.parametrize("op", PERSIST_OPS)
+async def test_persist_on_missing_chat_returns_none(store, op):
+    """A persist on a chat id that names nothing returns None and writes no row."""
+    ws = new_workspace()
+    chat = await store.create_chat(workspace_id=ws)
+    missing = missing_id_like(chat)
+    turn = new_turn_id()
+    result = await persist(store, op, chat_id=missing, workspace_id=ws, turn_id=turn)
+    assert result is None, f"{op} on a missing chat returned {result!r}"
+    assert await store.list_messages(chat_id=missing, workspace_id=ws) == []
+    assert await store.list_messages(chat_id=chat, workspace_id=ws) == []
+
+
+@pytest.mark.requirement("MSG-9", "WS-1")
+@pytest.mark.parametrize("op", PERSIST_OPS)
+async def test_persist_on_foreign_chat_returns_none(store, op):
+    """A persist on another workspace's chat returns None and writes no row anywhere."""
+    owner_ws, foreign_ws = new_workspace(), new_workspace()
+    chat = await store.create_chat(workspace_id=owner_ws)
+    turn = new_turn_id()
+    result = await persist(store, op, chat_id=chat, workspace_id=foreign_ws, turn_id=turn)
+    assert result is None, f"{op} on another workspace's chat returned {result!r}"
+    assert await store.list_messages(chat_id=chat, workspace_id=owner_ws) == []
+    assert await store.list_messages(chat_id=chat, workspace_id=foreign_ws) == []
+    # The owner's own persist of that turn is unaffected and makes the only row.
+    own = await persist(store, op, chat_id=chat, workspace_id=owner_ws, turn_id=turn)
+    assert own is not None
+    rows = await store.list_messages(chat_id=chat, workspace_id=owner_ws)
+    assert [(m.id, m.workspace_id) for m in rows] == [(own, owner_ws)]

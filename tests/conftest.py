@@ -1,0 +1,66 @@
+"""Fixtures of the harness's own tests: one PostgreSQL server for the whole session.
+
+Inner pytest runs (pytester) reach it with --pg-dsn, so each of them does not
+boot a server of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from harness.postgres.resolver import PostgresServer, start_postgres
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = start_postgres(
+        os.environ.get("TURNPROOF_PG", "auto"), os.environ.get("TURNPROOF_PG_DSN")
+    )
+    yield server
+    server.stop()
+
+
+@dataclass
+class SuiteRun:
+    """An inner conformance run: pytest's result plus the matrix it wrote."""
+
+    result: pytest.RunResult
+    report: dict[str, Any] | None
+
+    def status(self, requirement_id: str) -> str:
+        assert self.report is not None, "the run wrote no report:\n" + self.result.stdout.str()
+        rows = {row["id"]: row for row in self.report["rows"]}
+        return rows[requirement_id]["status"]
+
+
+@pytest.fixture
+def run_scenarios(pytester: pytest.Pytester, postgres_server: PostgresServer):
+    """Run (a selection of) the shipped scenarios in-process against an adapter."""
+
+    def run(adapter: str, *args: str) -> SuiteRun:
+        report_path = pytester.path / "report.json"
+        result = pytester.runpytest_inprocess(
+            "--pyargs",
+            "scenarios",
+            "-p",
+            "no:cacheprovider",
+            "--adapter",
+            adapter,
+            "--pg-dsn",
+            postgres_server.admin_dsn,
+            "--turnproof-json",
+            str(report_path),
+            *args,
+        )
+        report = json.loads(report_path.read_text()) if report_path.exists() else None
+        return SuiteRun(result, report)
+
+    return run
