@@ -8,6 +8,7 @@ with the harness's own exit codes: 0 conforming, 1 a requirement failed,
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -75,13 +76,35 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=argparse.REMAINDER,
         help="after '--': extra arguments passed to pytest unchanged",
     )
+    proxy = commands.add_parser(
+        "proxy",
+        add_help=False,
+        help="the Toxiproxy-compatible proxy server: turnproof proxy serve [--help]",
+    )
+    proxy.add_argument("proxy_args", nargs=argparse.REMAINDER)
+    bench = commands.add_parser(
+        "bench", help="benchmarks (figures, not tests): " + ", ".join(BENCHMARKS)
+    )
+    bench.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's options")
     return parser
+
+
+BENCHMARKS = {
+    "proxy": "harness.proxy.benchmark",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return run_suite(args)
+    if args.command == "proxy":
+        from harness.proxy.cli import main as proxy_main
+
+        return proxy_main(args.proxy_args)
+    if args.command == "bench":
+        return importlib.import_module(BENCHMARKS[args.benchmark]).main(args.bench_args)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
