@@ -62,6 +62,7 @@ class ConformanceReport:
     postgres: str
     rows: list[RequirementRow]
     verdict: Verdict
+    complete_run: bool
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -79,11 +80,14 @@ class ConformanceReport:
             "",
             f"{'ID':<7} {'result':<12} {'scenarios':<10} requirement",
         ]
-        for row in self.rows:
+        shown = self.rows if self.complete_run else [r for r in self.rows if r.scenarios]
+        for row in shown:
             counts = _counts(row)
             detail = row.text if row.status in (PASS, FAIL, ERROR) else f"{row.text} [{row.reason}]"
             lines.append(f"{row.id:<7} {row.status.upper():<12} {counts:<10} {detail}")
             lines.extend(f"{'':<7} failed: {nodeid}" for nodeid in row.failing)
+        if len(shown) < len(self.rows):
+            lines.append(f"({len(self.rows) - len(shown)} requirements had no scenario selected)")
         lines += ["", self.verdict.line]
         return lines
 
@@ -109,6 +113,7 @@ def build_report(
         postgres=postgres,
         rows=rows,
         verdict=_verdict(rows, adapter_name, capabilities, complete_run),
+        complete_run=complete_run,
     )
 
 

@@ -5,7 +5,7 @@ works from any directory. It stays inert in runs that collect no scenario:
 nothing is imported from the adapter and no server starts until a fixture
 asks for one.
 
-Public fixtures: `adapter`, `turn_dsn`, `store`, `open_store`, `db_clock`.
+Public fixtures: `adapter`, `turn_dsn`, `store`, `open_store`, `db_clock`, `race_engine`.
 Markers: `requirement(*ids)`, `capability(*names)`.
 """
 
@@ -34,6 +34,8 @@ from harness.db_clock import DatabaseClock
 from harness.errors import HarnessError
 from harness.postgres.databases import DatabaseFactory, with_params
 from harness.postgres.resolver import PG_MODES, PostgresServer, start_postgres
+from harness.proxy.server import RunningProxyServer
+from harness.race.engine import RaceEngine
 from harness.requirements import REQUIREMENTS
 
 USAGE_ERROR = 2
@@ -71,6 +73,7 @@ class TurnproofRun:
     _adapter: Adapter | None = None
     _server: PostgresServer | None = None
     _factory: DatabaseFactory | None = None
+    _proxies: RunningProxyServer | None = None
     outcomes: dict[str, ScenarioOutcome] = field(default_factory=dict)
     requirement_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)
     deselected: bool = False
@@ -99,6 +102,21 @@ class TurnproofRun:
         finally:
             await store.aclose()
 
+    def complete(self, session: pytest.Session) -> bool:
+        """Every scenario module was collected and nothing deselected: a conformance run,
+        judged strictly, rather than a developer's selection."""
+        import scenarios
+
+        every = {p.resolve() for p in Path(scenarios.__file__).parent.glob("test_*.py")}
+        collected = {Path(str(item.path)).resolve() for item in session.items}
+        return not self.deselected and every <= collected
+
+    def proxies(self) -> RunningProxyServer:
+        """The harness's own proxy server (race gates, faults), started on first use."""
+        if self._proxies is None:
+            self._proxies = RunningProxyServer.start()
+        return self._proxies
+
     @property
     def postgres_description(self) -> str:
         return self._server.description if self._server else "not started"
@@ -106,6 +124,9 @@ class TurnproofRun:
     def close(self) -> None:
         """Drop our databases and stop what we started; safe to call more than once."""
         try:
+            if self._proxies is not None:
+                self._proxies.stop()
+                self._proxies = None
             if self._factory is not None:
                 self._factory.close()
         finally:
@@ -138,6 +159,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="ID",
         help="run only the scenarios tagged with this requirement ID (repeatable, or "
         "comma-separated: --requirement MSG-4,RUN-1)",
+    )
+    group.addoption(
+        "--race-schedule",
+        dest="race_schedule",
+        default=None,
+        metavar="A,B,...",
+        help="run race scenarios under this one schedule only (the rerun line of a failure "
+        "prints it): actor names, one per step, or cut:NAME / terminate:NAME",
+    )
+    group.addoption(
+        "--race-sample",
+        dest="race_sample",
+        type=int,
+        default=200,
+        metavar="N",
+        help="explore every interleaving up to N of them, else a seeded sample of N (default 200)",
+    )
+    group.addoption(
+        "--race-seed",
+        dest="race_seed",
+        type=int,
+        default=0,
+        metavar="SEED",
+        help="seed of the sampled interleavings (printed in each failure's rerun line)",
     )
     group.addoption(
         "--turnproof-json",
@@ -253,8 +298,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = ""
         if outcome == SKIP and isinstance(report.longrepr, tuple):
             reason = str(report.longrepr[2]).removeprefix("Skipped: ")
-        run.outcomes[item.nodeid] = ScenarioOutcome(item.nodeid, ids, outcome, reason)
+        run.outcomes[item.nodeid] = ScenarioOutcome(scenario_id(item), ids, outcome, reason)
     return report
+
+
+def scenario_id(item: pytest.Item) -> str:
+    """`package.module::test[param]`: the same from any directory, and usable with --pyargs."""
+    module = getattr(item, "module", None)
+    return f"{module.__name__}::{item.name}" if module is not None else item.nodeid
 
 
 def _classify(report: pytest.TestReport, call: pytest.CallInfo[None]) -> str | None:
@@ -279,9 +330,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         adapter_spec=run.adapter_spec,
         capabilities=adapter.capabilities,
         postgres=run.postgres_description,
-        complete_run=not run.deselected
-        and not session.config.getoption("keyword")
-        and not session.config.getoption("markexpr"),
+        complete_run=run.complete(session),
     )
     factory = run._factory
     if factory is not None and factory.median_clone_ms() is not None:
@@ -351,6 +400,37 @@ async def store(open_store: Callable[..., Awaitable[TurnStore]]) -> TurnStore:
 
 
 @pytest.fixture
+def race_engine(request: pytest.FixtureRequest, adapter: Adapter) -> RaceEngine:
+    """Forces interleavings of actors' operations: `await race_engine.explore(race)`.
+
+    Statement level through the harness's proxies when the adapter declares
+    `network`, operation level otherwise.
+    """
+    run: TurnproofRun = request.config.stash[_RUN]
+    factory = request.getfixturevalue("_turnproof_databases")
+    schedule = request.config.getoption("race_schedule")
+    seed = request.config.getoption("race_seed")
+    item = request.node
+
+    def rerun(failed: tuple[str, ...]) -> str:
+        target = scenario_id(item)
+        return (
+            f"rerun: pytest -p no:cacheprovider --pyargs '{target}' --adapter '{run.adapter_spec}' "
+            f"--race-schedule '{','.join(failed)}'"
+        )
+
+    return RaceEngine(
+        adapter,
+        factory,
+        run.proxies() if "network" in adapter.capabilities else None,
+        forced_schedule=tuple(schedule.split(",")) if schedule else None,
+        sample=request.config.getoption("race_sample"),
+        seed=seed,
+        rerun=rerun,
+    )
+
+
+@pytest.fixture
 async def db_clock(turn_dsn: str) -> AsyncIterator[DatabaseClock]:
     """The database's clock, for waiting on staleness and proving timing premises."""
     clock = await DatabaseClock.connect(with_params(turn_dsn, application_name="turnproof-clock"))
@@ -359,8 +439,12 @@ async def db_clock(turn_dsn: str) -> AsyncIterator[DatabaseClock]:
 
 
 def _write_line(config: pytest.Config, line: str) -> None:
+    """Progress for the user now, even from inside a fixture whose output is captured."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
         print(line, file=sys.stderr)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.ensure_newline()
+        reporter.write_line(line)

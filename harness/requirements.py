@@ -148,7 +148,6 @@ CATALOG: tuple[Requirement, ...] = (
 REQUIREMENTS: dict[str, Requirement] = {r.id: r for r in CATALOG}
 
 NOT_YET_COVERED: dict[str, str] = {
-    "RUN-3": "has no sequential form; its race scenario arrives with the race engine (issue 3)",
     **{
         f"DUR-{n}": "process-kill scenarios arrive with the driver protocol (issue 5)"
         for n in range(1, 5)

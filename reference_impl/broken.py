@@ -250,8 +250,9 @@ class CheckThenActBegin(PgTurnStore):
 
     async def begin_run(self, *, chat_id: str, workspace_id: str, trigger: str = "user") -> Run:
         active = await self._one(
-            "SELECT 1 FROM runs WHERE chat_id = %(chat_id)s AND status IN ('pending', 'running')",
-            {"chat_id": chat_id},
+            "SELECT 1 FROM runs WHERE chat_id = %(chat_id)s AND workspace_id = %(workspace_id)s"
+            " AND status IN ('pending', 'running')",
+            {"chat_id": chat_id, "workspace_id": workspace_id},
         )
         if active is not None:
             raise RunAlreadyActive(chat_id)

@@ -64,6 +64,7 @@ async def finalized_turn(store: TurnStore, status: str, **where) -> Turn:
 
 
 @pytest.mark.requirement("SWP-1")
+@pytest.mark.capability("streaming")
 async def test_sweep_aborts_stale_streaming_rows_in_every_workspace(store, db_clock):
     """sweep_streaming aborts every stale streaming row, whatever its workspace, and counts them."""
     ws_a, ws_b = new_workspace(), new_workspace()
@@ -90,6 +91,7 @@ async def test_sweep_aborts_stale_streaming_rows_in_every_workspace(store, db_cl
 
 
 @pytest.mark.requirement("SWP-2")
+@pytest.mark.capability("streaming")
 async def test_sweep_leaves_fresh_streaming_rows(store, db_clock):
     """A streaming row updated within the threshold (another replica's live turn) is not swept."""
     stale = await streaming_turn(store)
@@ -108,6 +110,7 @@ async def test_sweep_leaves_fresh_streaming_rows(store, db_clock):
 
 
 @pytest.mark.requirement("SWP-2")
+@pytest.mark.capability("streaming")
 async def test_sweep_never_touches_terminal_or_legacy_rows(store, db_clock):
     """Stale completed, error, aborted and legacy NULL-status rows are left exactly as they were."""
     ws = new_workspace()
@@ -151,6 +154,7 @@ async def test_second_sweep_changes_nothing(store, db_clock):
 
 
 @pytest.mark.requirement("SWP-4")
+@pytest.mark.capability("streaming")
 async def test_step_after_sweep_is_rejected(store, db_clock):
     """Sweep first, then the late step: the row stays aborted and never carries the step."""
     turn = await streaming_turn(store)
@@ -167,6 +171,7 @@ async def test_step_after_sweep_is_rejected(store, db_clock):
 
 
 @pytest.mark.requirement("SWP-4")
+@pytest.mark.capability("streaming")
 async def test_sweep_after_step_spares_the_row(store, db_clock):
     """A step on a row that had gone stale refreshes it: the following sweep leaves it streaming."""
     turn = await streaming_turn(store)
@@ -186,6 +191,7 @@ async def test_sweep_after_step_spares_the_row(store, db_clock):
 
 
 @pytest.mark.requirement("SWP-5")
+@pytest.mark.capability("streaming")
 @pytest.mark.parametrize(
     ("writer_offset", "sweeper_offset"),
     [(SKEW, -SKEW), (-SKEW, SKEW)],

@@ -45,11 +45,11 @@ class SuiteRun:
 def run_scenarios(pytester: pytest.Pytester, postgres_server: PostgresServer):
     """Run (a selection of) the shipped scenarios in-process against an adapter."""
 
-    def run(adapter: str, *args: str) -> SuiteRun:
+    def run(adapter: str, *args: str, target: str = "scenarios") -> SuiteRun:
         report_path = pytester.path / "report.json"
         result = pytester.runpytest_inprocess(
             "--pyargs",
-            "scenarios",
+            target,
             "-p",
             "no:cacheprovider",
             "--adapter",

@@ -99,7 +99,7 @@ def test_start_serves_over_tcp_and_stop_leaves_nothing():
         assert (pg.run_dir / "owner.json").is_file()
         assert re.fullmatch(
             rf"turnproof: embedded PostgreSQL {re.escape(pg.version)} on "
-            rf"127\.0\.0\.1:{pg.port} ready in \d+\.\d s",
+            rf"127\.0\.0\.1:{pg.port} ready in \d+\.\d s \(run dir {re.escape(str(pg.run_dir))}\)",
             lines[-1],
         )
         assert _query(pg.admin_dsn, "SELECT current_user") == "postgres"

@@ -428,7 +428,7 @@ class EmbeddedPostgres:
         server.boot_seconds = time.monotonic() - began
         log(
             f"turnproof: embedded PostgreSQL {server.version} on 127.0.0.1:{server.port} "
-            f"ready in {server.boot_seconds:.1f} s"
+            f"ready in {server.boot_seconds:.1f} s (run dir {server.run_dir})"
         )
         return server
 

@@ -9,8 +9,11 @@ sent (when the server starts answering it). An extended-protocol statement has a
 hold point: before its Sync. The server has then executed it inside its implicit
 transaction but not committed it, so its locks and unique-index entries stay held for as
 long as the gate likes: the window in which a concurrent writer must wait, or a writer
-can die before its commit. Statements are numbered 1, 2, 3... across
-the gate in the order their first byte arrives (`seq`), and per connection (`index`).
+can die before its commit. When it holds a Sync the gate sends a Flush in its place, so
+the server reports the statement's completion (or error) at once: `executed` then tells
+that the statement ran, not merely that its bytes were sent. Statements are numbered
+1, 2, 3... across the gate in the order their first byte arrives (`seq`), and per
+connection (`index`).
 
 Every public method may be called from any thread or event loop.
 """
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 DEFAULT_WAIT = 30.0
 TERMINATORS = frozenset("QSF")
+FLUSH = b"H\x00\x00\x00\x04"
 NOT_STATEMENT_START = frozenset("Xdcfp")  # terminate, COPY data/done/fail, auth replies
 
 
@@ -45,15 +49,17 @@ class StatementEvent:
     index: int
     text: str
     received_at: float
-    sent_at: float | None
+    forwarded_at: float | None  # its first byte reached the server
+    sent_at: float | None  # all of it (Sync included) reached the server
     completed_at: float | None
     error: bool
     sqlstate: str | None
     tx_status: str | None  # from ReadyForQuery: 'I' idle, 'T' in transaction, 'E' failed
     command_tags: tuple[str, ...]
     held: bool
-    sync_held: bool  # executed, its Sync (and so its implicit commit) held back
+    sync_held: bool  # its Sync (and so its implicit commit) held back
     executes: bool  # an extended-protocol statement with an Execute: it has a Sync hold point
+    executed: bool  # the server reported it complete or failed (before its Sync, if held)
     cut: bool  # the gate cut its connection before it completed
     closed: bool  # its connection ended (otherwise) before it completed
 
@@ -68,6 +74,7 @@ class StatementEvent:
             "index": self.index,
             "text": self.text,
             "received_at": self.received_at,
+            "forwarded_at": self.forwarded_at,
             "sent_at": self.sent_at,
             "completed_at": self.completed_at,
             "error": self.error,
@@ -77,6 +84,7 @@ class StatementEvent:
             "held": self.held,
             "sync_held": self.sync_held,
             "executes": self.executes,
+            "executed": self.executed,
             "cut": self.cut,
             "closed": self.closed,
         }
@@ -90,8 +98,9 @@ class _Statement:
     received_at: float
     text: str = ""
     first_message_done: bool = False
-    forwarded: bool = False  # its first byte passed the gate
+    forwarded_at: float | None = None  # its first byte passed the gate
     executes: bool = False  # an Execute message was seen before its Sync
+    flushed: bool = False  # a Flush was sent in place of its held Sync
     sent_at: float | None = None
     completed_at: float | None = None
     error: bool = False
@@ -112,6 +121,7 @@ class _Statement:
             index=self.index,
             text=self.text,
             received_at=self.received_at,
+            forwarded_at=self.forwarded_at,
             sent_at=self.sent_at,
             completed_at=self.completed_at,
             error=self.error,
@@ -121,6 +131,7 @@ class _Statement:
             held=self.conn.blocked_at is self,
             sync_held=self.conn.blocked_at_sync is self,
             executes=self.executes,
+            executed=bool(self.tags) or self.error,
             cut=self.cut,
             closed=self.closed,
         )
@@ -155,7 +166,7 @@ class StatementGate:
         """Hold statement `seq` (gate-wide number) before its first byte reaches the server."""
         if seq < 1:
             raise BadRequest("statement numbers start at 1")
-        if seq <= len(self._statements) and self._statements[seq - 1].forwarded:
+        if seq <= len(self._statements) and self._statements[seq - 1].forwarded_at is not None:
             raise BadRequest(f"statement {seq} already passed the gate")
         self._breakpoints.add(seq)
 
@@ -196,6 +207,14 @@ class StatementGate:
             }
         else:
             self._breakpoints.discard(seq)
+        self._pump_all()
+
+    @owner_thread
+    def open(self) -> None:
+        """Let everything through from now on, held or armed, and keep observing: unlike
+        `detach`, statements still complete in `events`."""
+        self._breakpoints.clear()
+        self._sync_breakpoints.clear()
         self._pump_all()
 
     @owner_thread
@@ -471,16 +490,18 @@ class _GateConnection:
             segment = self.segments[0]
             starts = segment.starts
             if starts is not None and not self.transparent and self.gate._is_breakpoint(starts):
-                self.blocked_at = starts
+                self.blocked_at, self.blocked_at_sync = starts, None
                 return
             syncs = segment.syncs
             if syncs is not None and not self.transparent and self.gate._is_sync_breakpoint(syncs):
-                self.blocked_at_sync = syncs
+                self.blocked_at, self.blocked_at_sync = None, syncs
+                if not syncs.flushed:  # make the server answer what it has executed so far
+                    syncs.flushed = True
+                    link.push(FLUSH)
                 return
-            self.blocked_at_sync = None
             self.segments.popleft()
             if starts is not None:
-                starts.forwarded = True
+                starts.forwarded_at = time.monotonic()
             link.push(segment.data)
             if segment.ends is not None:
                 segment.ends.sent_at = time.monotonic()

@@ -1,0 +1,58 @@
+"""Every broken variant of the reference fails the requirement it breaks.
+
+Proved through the public --adapter option, the way a user would find the bug.
+The reference passing the same selection proves each scenario can also pass,
+and the race-only bugs passing every sequential scenario proves that only the
+forced races catch them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+VARIANTS = [
+    ("unguarded_step", "MSG-4"),
+    ("read_then_write_step", "MSG-4"),
+    ("check_then_insert_persist", "MSG-1"),
+    ("check_then_insert_persist", "MSG-3"),
+    ("usage_last_writer_wins", "USG-1"),
+    ("sweep_without_staleness", "SWP-2"),
+    ("sweep_touches_legacy", "SWP-2"),
+    ("check_then_act_begin", "RUN-1"),
+    ("begin_swallows_conflict", "RUN-1"),
+    ("begin_blames_everything", "RUN-2"),
+]
+
+RACE_ONLY = [
+    ("read_then_write_step", "MSG-4", "scenarios.test_messages"),
+    ("check_then_insert_persist", "MSG-1", "scenarios.test_messages"),
+    ("check_then_act_begin", "RUN-1", "scenarios.test_runs"),
+]
+
+
+@pytest.mark.parametrize(("variant", "requirement_id"), VARIANTS)
+def test_variant_fails_its_requirement(run_scenarios, variant, requirement_id):
+    run = run_scenarios(f"reference_impl.broken:{variant}", "--requirement", requirement_id)
+    assert run.status(requirement_id) == "fail", run.result.stdout.str()
+    assert run.result.ret == pytest.ExitCode.TESTS_FAILED
+    assert not run.report["verdict"]["ok"]
+
+
+@pytest.mark.parametrize("requirement_id", sorted({r for _, r in VARIANTS}))
+def test_reference_passes_the_same_selection(run_scenarios, requirement_id):
+    run = run_scenarios("reference", "--requirement", requirement_id)
+    assert run.status(requirement_id) == "pass", run.result.stdout.str()
+    assert run.result.ret == pytest.ExitCode.OK
+
+
+@pytest.mark.parametrize(("variant", "requirement_id", "sequential_module"), RACE_ONLY)
+def test_race_only_bug_passes_every_sequential_scenario(
+    run_scenarios, variant, requirement_id, sequential_module
+):
+    run = run_scenarios(
+        f"reference_impl.broken:{variant}",
+        "--requirement",
+        requirement_id,
+        target=sequential_module,
+    )
+    assert run.status(requirement_id) == "pass", run.result.stdout.str()

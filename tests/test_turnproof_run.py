@@ -1,0 +1,104 @@
+"""`turnproof run` end to end, as a user runs it: real subprocesses, the embedded server.
+
+Each run boots its own embedded PostgreSQL, and each test proves that nothing
+it started (server process, run directory) outlives it: on a pass, on a
+failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+READY = re.compile(r"embedded PostgreSQL \S+ on \S+ ready in .* \(run dir (?P<run_dir>\S+)\)")
+
+
+def turnproof(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNPROOF_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=300)
+    return process.returncode, output
+
+
+def run_dir_of(output: str) -> Path:
+    match = READY.search(output)
+    assert match, f"no 'ready' line in the output:\n{output}"
+    return Path(match["run_dir"])
+
+
+def assert_nothing_left(run_dir: Path) -> None:
+    assert not run_dir.exists(), f"{run_dir} outlived the run"
+    servers = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True, check=True)
+    assert str(run_dir) not in servers.stdout, "a PostgreSQL server of the run is still running"
+
+
+def test_main_job_passes_every_covered_requirement(tmp_path):
+    code, output = finish(turnproof("--json", str(tmp_path / "report.json"), cwd=tmp_path))
+    assert code == 0, output
+    report = json.loads((tmp_path / "report.json").read_text())
+    statuses = {row["id"]: row["status"] for row in report["rows"]}
+    families = ("MSG-", "USG-", "SWP-", "RUN-", "WS-")
+    core = {i: s for i, s in statuses.items() if i.startswith(families)}
+    assert {i for i, s in core.items() if s != "pass"} == set(), core
+    assert report["verdict"]["ok"]
+    assert report["verdict"]["conforming"]
+    assert output.rstrip().splitlines()[-1].startswith("PASS: 'reference' passes")
+    assert_nothing_left(run_dir_of(output))
+
+
+def test_broken_adapter_fails_msg4_and_cleans_up(tmp_path):
+    junit = tmp_path / "junit.xml"
+    code, output = finish(
+        turnproof(
+            "--adapter",
+            "reference_impl.broken:unguarded_step",
+            "--requirement",
+            "MSG-4",
+            "--json",
+            str(tmp_path / "report.json"),
+            "--junitxml",
+            str(junit),
+            cwd=tmp_path,
+        )
+    )
+    assert code == 1, output
+    rows = {r["id"]: r for r in json.loads((tmp_path / "report.json").read_text())["rows"]}
+    assert rows["MSG-4"]["status"] == "fail"
+    assert rows["MSG-4"]["failing"], "the failing scenarios are named"
+    assert re.search(r"^MSG-4\s+FAIL", output, re.MULTILINE), output
+    assert 'name="requirements" value="MSG-4' in junit.read_text()
+    assert_nothing_left(run_dir_of(output))
+
+
+def test_ctrl_c_stops_the_run_and_leaves_nothing(tmp_path):
+    process = turnproof("-v", cwd=tmp_path)
+    assert process.stdout is not None
+    seen: list[str] = []
+    for line in process.stdout:  # wait until a scenario is under way
+        seen.append(line)
+        if "PASSED" in line:
+            break
+    else:
+        pytest.fail("the run ended before any scenario passed:\n" + "".join(seen))
+    process.send_signal(signal.SIGINT)
+    code, rest = finish(process)
+    output = "".join(seen) + rest
+    assert code == 130, output
+    assert_nothing_left(run_dir_of(output))
