@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 BENCHMARKS = {
     "proxy": "harness.proxy.benchmark",
+    "race": "harness.race.benchmark",
 }
 
 

@@ -237,6 +237,10 @@ class Proxy:
                 log.exception("accept failed on proxy %s", self.name)
                 return
             client.setblocking(False)
+            # asyncio only sets TCP_NODELAY when sock.proto is IPPROTO_TCP, and accepted
+            # sockets report 0: without this, Nagle holds a small reply (a ReadyForQuery)
+            # back until the client's delayed ACK, 40 ms later.
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = self._owner.loop.create_task(self._serve(client))
             self._dials.add(task)
             task.add_done_callback(self._dials.discard)

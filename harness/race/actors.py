@@ -45,7 +45,7 @@ class Actor:
         default_factory=lambda: anyio.create_memory_object_stream[None](math.inf)
     )
     permits_given: int = 0
-    ops_started: int = 0
+    ops_finished: int = 0
     done: bool = False
     next_seq: int = 1  # the gate's number for the actor's next unfinished statement
     was_blocked: bool = False
@@ -57,7 +57,7 @@ class Actor:
     @property
     def awaiting_permit(self) -> bool:
         """Parked between operations (operation level): every permit given was used."""
-        return not self.done and self.ops_started == self.permits_given
+        return not self.done and self.ops_finished == self.permits_given
 
     def statements(self) -> list[StatementEvent]:
         return self.gate.events if self.gate is not None else []
@@ -72,7 +72,6 @@ class Actor:
                         await receive.receive()
                     except anyio.EndOfStream:  # stopped: the interleaving is abandoned
                         return
-                self.ops_started += 1
                 arguments = op.resolve(self.context)
                 record = self.history.invoke(self.name, op.operation, arguments)
                 try:
@@ -84,6 +83,7 @@ class Actor:
                 else:
                     complete(record, result=result)
                 self.transcript.append(f"  {record.describe()}")
+                self.ops_finished += 1
         finally:
             self.done = True
 
