@@ -15,10 +15,12 @@ from harness.contract import (
     TERMINAL_MESSAGE_STATUSES,
     TERMINAL_RUN_STATUSES,
 )
+from harness.race import Op, given
 
 __all__ = [
     "ACTIVE_RUN_STATUSES",
     "NO_TEXT_PART",
+    "RACE_WS",
     "SKEW",
     "STALE",
     "TERMINAL_MESSAGE_STATUSES",
@@ -29,11 +31,13 @@ __all__ = [
     "assert_not_run_already_active",
     "begin_failure",
     "describe_error",
+    "finalize_op",
     "is_empty_parts",
     "missing_id_like",
     "new_turn_id",
     "new_workspace",
     "skewed_clock",
+    "step_op",
     "streaming_turn",
     "text_parts",
     "usage_values",
@@ -158,4 +162,32 @@ def assert_not_run_already_active(exc: Exception, why: str) -> None:
     assert not isinstance(exc, RunAlreadyActive), (
         f"begin_run failed because {why}, but reported RunAlreadyActive "
         f"({describe_error(exc)}); only the one-active-run conflict may be reported that way"
+    )
+
+
+RACE_WS = "workspace-race"
+"""The workspace of race scenarios: each interleaving has a database of its own."""
+
+
+def step_op(content: str, message: str = "message_id") -> Op:
+    """A race actor's append_step of `content` to the message the setup named `message`."""
+    return Op(
+        "append_step",
+        message_id=given(message),
+        workspace_id=RACE_WS,
+        content=content,
+        parts=text_parts(content),
+    )
+
+
+def finalize_op(content: str, usage: UsageIn | None, message: str = "message_id") -> Op:
+    """A race actor's finalize to 'completed' with `content` and `usage`."""
+    return Op(
+        "finalize",
+        message_id=given(message),
+        workspace_id=RACE_WS,
+        status="completed",
+        content=content,
+        parts=text_parts(content),
+        usage=usage,
     )

@@ -8,47 +8,41 @@ import pytest
 
 from harness import Message
 from harness.race import Op, Produced, Race, RaceOutcome, given, round_robin
-from scenarios.support import USAGE_A, USAGE_B, text_parts, usage_values
+from scenarios.support import (
+    RACE_WS,
+    USAGE_A,
+    USAGE_B,
+    finalize_op,
+    step_op,
+    text_parts,
+    usage_values,
+)
 
 pytestmark = pytest.mark.anyio
 
-WS = "workspace-race"  # every interleaving has a database of its own
-
 
 async def streaming_message(store, db_clock) -> dict[str, str]:
-    chat_id = await store.create_chat(workspace_id=WS)
+    chat_id = await store.create_chat(workspace_id=RACE_WS)
     message_id = await store.persist_assistant_shell(
-        chat_id=chat_id, workspace_id=WS, turn_id="turn-1"
+        chat_id=chat_id, workspace_id=RACE_WS, turn_id="turn-1"
     )
     assert message_id is not None, "set-up: persist_assistant_shell returned None"
     await store.append_step(
-        message_id=message_id, workspace_id=WS, content="early", parts=text_parts("early")
+        message_id=message_id, workspace_id=RACE_WS, content="early", parts=text_parts("early")
     )
     return {"chat_id": chat_id, "message_id": message_id}
 
 
 async def a_chat(store, db_clock) -> dict[str, str]:
-    return {"chat_id": await store.create_chat(workspace_id=WS)}
+    return {"chat_id": await store.create_chat(workspace_id=RACE_WS)}
 
 
 async def the_message(outcome: RaceOutcome) -> Message:
     row = await outcome.reader_store.get_message(
-        message_id=outcome.context["message_id"], workspace_id=WS
+        message_id=outcome.context["message_id"], workspace_id=RACE_WS
     )
     assert row is not None, "the message is gone"
     return row
-
-
-def finalize_op(content: str, usage: object) -> Op:
-    return Op(
-        "finalize",
-        message_id=given("message_id"),
-        workspace_id=WS,
-        status="completed",
-        content=content,
-        parts=text_parts(content),
-        usage=usage,
-    )
 
 
 # MSG-4: the late step update against the finalize ------------------------------------
@@ -74,15 +68,7 @@ LATE_STEP = Race(
     setup=streaming_message,
     actors={
         "finalize": [finalize_op("final answer", USAGE_A)],
-        "step": [
-            Op(
-                "append_step",
-                message_id=given("message_id"),
-                workspace_id=WS,
-                content="late step",
-                parts=text_parts("late step"),
-            )
-        ],
+        "step": [step_op("late step")],
     },
     produced=(
         Produced(
@@ -117,7 +103,7 @@ def one_row_per_turn(role: str, operation: str):
         assert len(ids) == 1, f"the writers of one turn got different ids: {sorted(ids)}"
         assert None not in ids, f"{operation} returned None for a valid turn"
         rows = await outcome.reader_store.list_messages(
-            chat_id=outcome.context["chat_id"], workspace_id=WS
+            chat_id=outcome.context["chat_id"], workspace_id=RACE_WS
         )
         turn_rows = [r for r in rows if r.turn_id == "turn-1" and r.role == role]
         assert [r.id for r in turn_rows] == list(ids), (
@@ -137,7 +123,9 @@ def duplicate_turn_race(operation: str, role: str, writers: int) -> Race:
 
     def write(name: str) -> Op:
         text = {"text": f"text of {name}"} if role == "user" else {}
-        return Op(operation, chat_id=given("chat_id"), workspace_id=WS, turn_id="turn-1", **text)
+        return Op(
+            operation, chat_id=given("chat_id"), workspace_id=RACE_WS, turn_id="turn-1", **text
+        )
 
     actors = {name: [write(name)] for name in names}
     return Race(

@@ -7,16 +7,15 @@ import pytest
 
 from harness import Run, RunAlreadyActive
 from harness.race import Op, Produced, Race, RaceOutcome, given, round_robin
-from scenarios.support import ACTIVE_RUN_STATUSES
+from scenarios.support import ACTIVE_RUN_STATUSES, RACE_WS
 
 pytestmark = pytest.mark.anyio
 
-WS = "workspace-race"  # every interleaving has a database of its own
-BEGIN = Op("begin_run", chat_id=given("chat_id"), workspace_id=WS)
+BEGIN = Op("begin_run", chat_id=given("chat_id"), workspace_id=RACE_WS)
 
 
 async def a_chat(store, db_clock) -> dict[str, str]:
-    return {"chat_id": await store.create_chat(workspace_id=WS)}
+    return {"chat_id": await store.create_chat(workspace_id=RACE_WS)}
 
 
 def begins(outcome: RaceOutcome) -> tuple[list[Run], list[BaseException]]:
@@ -29,7 +28,7 @@ def begins(outcome: RaceOutcome) -> tuple[list[Run], list[BaseException]]:
 
 async def active_run_is(outcome: RaceOutcome, run: Run) -> None:
     latest = await outcome.reader_store.latest_run(
-        chat_id=outcome.context["chat_id"], workspace_id=WS
+        chat_id=outcome.context["chat_id"], workspace_id=RACE_WS
     )
     assert latest is not None, "the chat has no run at all"
     assert latest.id == run.id, (

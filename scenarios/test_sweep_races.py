@@ -10,28 +10,35 @@ import pytest
 
 from harness import Message
 from harness.errors import ScenarioPremiseError
-from harness.race import Op, Produced, Race, RaceOutcome, given
-from scenarios.support import STALE, USAGE_A, text_parts, usage_values
+from harness.race import Op, Produced, Race, RaceOutcome
+from scenarios.support import (
+    RACE_WS,
+    STALE,
+    USAGE_A,
+    finalize_op,
+    step_op,
+    text_parts,
+    usage_values,
+)
 
 pytestmark = pytest.mark.anyio
 
-WS = "workspace-race"  # every interleaving has a database of its own
 SWEEP = Op("sweep_streaming", older_than=STALE)
 
 
 async def streaming_row(store, chat_id: str, turn_id: str) -> str:
     message_id = await store.persist_assistant_shell(
-        chat_id=chat_id, workspace_id=WS, turn_id=turn_id
+        chat_id=chat_id, workspace_id=RACE_WS, turn_id=turn_id
     )
     assert message_id is not None, "set-up: persist_assistant_shell returned None"
     await store.append_step(
-        message_id=message_id, workspace_id=WS, content="early", parts=text_parts("early")
+        message_id=message_id, workspace_id=RACE_WS, content="early", parts=text_parts("early")
     )
     return message_id
 
 
 async def a_stale_row(store, db_clock) -> dict[str, object]:
-    chat_id = await store.create_chat(workspace_id=WS)
+    chat_id = await store.create_chat(workspace_id=RACE_WS)
     message_id = await streaming_row(store, chat_id, "turn-1")
     await db_clock.let_pass(STALE)
     return {"chat_id": chat_id, "message_id": message_id}
@@ -46,7 +53,7 @@ async def a_stale_and_a_fresh_row(store, db_clock) -> dict[str, object]:
 
 async def row(outcome: RaceOutcome, key: str) -> Message:
     message = await outcome.reader_store.get_message(
-        message_id=outcome.context[key], workspace_id=WS
+        message_id=outcome.context[key], workspace_id=RACE_WS
     )
     assert message is not None, f"the {key} row is gone"
     return message
@@ -97,15 +104,7 @@ async def test_startup_sweep_spares_a_live_turn_of_another_replica(race_engine):
             name="startup sweep vs a live turn",
             setup=a_stale_and_a_fresh_row,
             actors={
-                "replica": [
-                    Op(
-                        "append_step",
-                        message_id=given("fresh_id"),
-                        workspace_id=WS,
-                        content="live step",
-                        parts=text_parts("live step"),
-                    )
-                ],
+                "replica": [step_op("live step", message="fresh_id")],
                 "startup": [SWEEP],
             },
             produced=(either_after("startup", "replica"), either_overlapped("startup", "replica")),
@@ -141,15 +140,7 @@ async def test_sweep_and_step_on_one_row_end_in_one_of_two_states(race_engine):
             name="sweep vs step on one row",
             setup=a_stale_row,
             actors={
-                "step": [
-                    Op(
-                        "append_step",
-                        message_id=given("message_id"),
-                        workspace_id=WS,
-                        content="late step",
-                        parts=text_parts("late step"),
-                    )
-                ],
+                "step": [step_op("late step")],
                 "sweep": [SWEEP],
             },
             produced=(either_after("step", "sweep"), either_overlapped("step", "sweep")),
@@ -180,17 +171,7 @@ async def test_finalize_wins_over_a_concurrent_sweep(race_engine):
             name="finalize vs sweep",
             setup=a_stale_row,
             actors={
-                "finalize": [
-                    Op(
-                        "finalize",
-                        message_id=given("message_id"),
-                        workspace_id=WS,
-                        status="completed",
-                        content="final answer",
-                        parts=text_parts("final answer"),
-                        usage=USAGE_A,
-                    )
-                ],
+                "finalize": [finalize_op("final answer", USAGE_A)],
                 "sweep": [SWEEP],
             },
             produced=(
