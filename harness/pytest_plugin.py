@@ -138,6 +138,13 @@ class TurnproofRun:
 
 _RUN = pytest.StashKey[TurnproofRun]()
 
+pytest_plugins = ["harness.network_faults"]
+
+
+def turnproof_run(config: pytest.Config) -> TurnproofRun:
+    """The session's run: its adapter, PostgreSQL, proxies (for the harness's sub-plugins)."""
+    return config.stash[_RUN]
+
 
 def conformance_report(config: pytest.Config) -> ConformanceReport | None:
     """The finished run's matrix and verdict, once the session has ended (None before)."""
