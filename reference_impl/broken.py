@@ -14,7 +14,7 @@ Never use them for anything else.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -296,6 +296,114 @@ class BeginBlamesEverything(PgTurnStore):
             raise RunAlreadyActive(chat_id) from exc
 
 
+# --- fault-only bugs: only a cut connection or a lost answer reveals them ----------------
+
+
+class SwallowsLostConnections(PgTurnStore):
+    """DUR-4 (fault only): a lost connection reads as "no row", so an operation whose
+    answer was lost returns None or False instead of raising."""
+
+    async def _one(self, sql: str, params: dict[str, Any]) -> DictRow | None:
+        try:
+            return await super()._one(sql, params)
+        except psycopg.OperationalError:
+            return None
+
+    async def _changed(self, sql: str, params: dict[str, Any]) -> int:
+        try:
+            return await super()._changed(sql, params)
+        except psycopg.OperationalError:
+            return 0
+
+
+class InsertOnlyPersist(PgTurnStore):
+    """DUR-4 (and MSG-1): persist inserts without ON CONFLICT, so retrying a turn whose
+    answer was lost raises UniqueViolation."""
+
+    async def _persist_turn(
+        self,
+        *,
+        chat_id: str,
+        workspace_id: str,
+        turn_id: str | None,
+        role: str,
+        status: str,
+        content: str,
+        parts: list[dict[str, Any]],
+    ) -> str | None:
+        if not turn_id:
+            return None
+        row = await self._one(
+            """
+            INSERT INTO messages (chat_id, workspace_id, role, turn_id, status, content, parts)
+            SELECT id, workspace_id, %(role)s, %(turn_id)s, %(status)s, %(content)s, %(parts)s
+              FROM chats WHERE id = %(chat_id)s AND workspace_id = %(workspace_id)s
+            RETURNING id
+            """,
+            {
+                "chat_id": chat_id,
+                "workspace_id": workspace_id,
+                "turn_id": turn_id,
+                "role": role,
+                "status": status,
+                "content": content,
+                "parts": psycopg.types.json.Jsonb(parts),
+            },
+        )
+        return row["id"] if row else None
+
+
+class BeginLeaksConflict(PgTurnStore):
+    """DUR-4 (and RUN-1): the one-active-run conflict escapes as psycopg's UniqueViolation,
+    so retrying a begin whose answer was lost raises neither a run nor RunAlreadyActive."""
+
+    async def begin_run(self, *, chat_id: str, workspace_id: str, trigger: str = "user") -> Run:
+        try:
+            return await super().begin_run(
+                chat_id=chat_id, workspace_id=workspace_id, trigger=trigger
+            )
+        except RunAlreadyActive as exc:
+            raise exc.__cause__ or exc from None
+
+
+class StepInTwoStatements(PgTurnStore):
+    """DUR-2 (fault only): append_step writes the content, then the parts, in two
+    statements, so a step cut between them leaves new content over old parts."""
+
+    async def append_step(
+        self, *, message_id: str, workspace_id: str, content: str, parts: list[dict[str, Any]]
+    ) -> bool:
+        guard = (
+            "WHERE id = %(message_id)s AND workspace_id = %(workspace_id)s AND status = 'streaming'"
+        )
+        params = {
+            "message_id": message_id,
+            "workspace_id": workspace_id,
+            "content": content,
+            "parts": psycopg.types.json.Jsonb(parts),
+        }
+        changed = await self._changed(
+            f"UPDATE messages SET content = %(content)s, updated_at = {BUMP_UPDATED_AT} {guard}",
+            params,
+        )
+        if changed:
+            await self._changed(f"UPDATE messages SET parts = %(parts)s {guard}", params)
+        return bool(changed)
+
+
+class SweepCutoffFromSendTime(PgTurnStore):
+    """SWP-5: the staleness cutoff is the replica's time when the sweep is called, so a
+    sweep delayed in transit spares rows that are stale when it arrives."""
+
+    async def sweep_streaming(self, *, older_than: timedelta) -> int:
+        now = self.clock() if self.clock is not None else datetime.now(UTC)
+        return await self._changed(
+            f"UPDATE messages SET status = 'aborted', updated_at = {BUMP_UPDATED_AT}"
+            " WHERE status = 'streaming' AND updated_at < %(cutoff)s",
+            {"cutoff": now - older_than},
+        )
+
+
 # --- the adapters the harness loads -------------------------------------------------------------
 
 unguarded_step = ReferenceAdapter(name="broken-unguarded-step", store_class=UnguardedStep)
@@ -328,20 +436,18 @@ finalize_in_two_statements = ReferenceAdapter(
 )
 steps_in_memory = ReferenceAdapter(name="broken-steps-in-memory", store_class=StepsInMemory)
 
-VARIANTS: dict[str, ReferenceAdapter] = {
-    adapter.name.removeprefix("broken-").replace("-", "_"): adapter
-    for adapter in (
-        unguarded_step,
-        read_then_write_step,
-        check_then_act_begin,
-        begin_swallows_conflict,
-        begin_blames_everything,
-        sweep_without_staleness,
-        sweep_touches_legacy,
-        check_then_insert_persist,
-        usage_last_writer_wins,
-        finalize_in_two_statements,
-        steps_in_memory,
-    )
-}
-"""Every variant by its attribute name, for a meta-test that runs the suite against each."""
+swallows_lost_connections = ReferenceAdapter(
+    name="broken-swallows-lost-connections", store_class=SwallowsLostConnections
+)
+insert_only_persist = ReferenceAdapter(
+    name="broken-insert-only-persist", store_class=InsertOnlyPersist
+)
+begin_leaks_conflict = ReferenceAdapter(
+    name="broken-begin-leaks-conflict", store_class=BeginLeaksConflict
+)
+step_in_two_statements = ReferenceAdapter(
+    name="broken-step-in-two-statements", store_class=StepInTwoStatements
+)
+sweep_cutoff_from_send_time = ReferenceAdapter(
+    name="broken-sweep-cutoff-from-send-time", store_class=SweepCutoffFromSendTime
+)

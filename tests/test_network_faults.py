@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.rows import DictRow
 
-from harness.contract import Run, RunAlreadyActive
 from harness.proxy.server import RunningProxyServer
 from harness.pytest_plugin import USAGE_ERROR
-from reference_impl.adapter import ReferenceAdapter
-from reference_impl.store import BUMP_UPDATED_AT, PgTurnStore
 
 # Until harness.pytest_plugin lists the plugin in `pytest_plugins`; harmless after that.
 MODULE = "scenarios.test_network_faults"
@@ -47,134 +41,9 @@ def wire_cases(ops: tuple[str, ...], streams: tuple[str, ...]) -> set[str]:
     }
 
 
-# Fault-only bugs no shipped variant has ---------------------------------------------------
-
-
-class SwallowsLostConnections(PgTurnStore):
-    """DUR-4 (fault only): a lost connection reads as "no row", so an operation whose
-    answer was lost returns None or False instead of raising."""
-
-    async def _one(self, sql: str, params: dict[str, Any]) -> DictRow | None:
-        try:
-            return await super()._one(sql, params)
-        except psycopg.OperationalError:
-            return None
-
-    async def _changed(self, sql: str, params: dict[str, Any]) -> int:
-        try:
-            return await super()._changed(sql, params)
-        except psycopg.OperationalError:
-            return 0
-
-
-class InsertOnlyPersist(PgTurnStore):
-    """DUR-4 (and MSG-1): persist inserts without ON CONFLICT, so retrying a turn whose
-    answer was lost raises UniqueViolation."""
-
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if not turn_id:
-            return None
-        row = await self._one(
-            """
-            INSERT INTO messages (chat_id, workspace_id, role, turn_id, status, content, parts)
-            SELECT id, workspace_id, %(role)s, %(turn_id)s, %(status)s, %(content)s, %(parts)s
-              FROM chats WHERE id = %(chat_id)s AND workspace_id = %(workspace_id)s
-            RETURNING id
-            """,
-            {
-                "chat_id": chat_id,
-                "workspace_id": workspace_id,
-                "turn_id": turn_id,
-                "role": role,
-                "status": status,
-                "content": content,
-                "parts": psycopg.types.json.Jsonb(parts),
-            },
-        )
-        return row["id"] if row else None
-
-
-class BeginLeaksConflict(PgTurnStore):
-    """DUR-4 (and RUN-1): the one-active-run conflict escapes as psycopg's UniqueViolation,
-    so retrying a begin whose answer was lost raises neither a run nor RunAlreadyActive."""
-
-    async def begin_run(self, *, chat_id: str, workspace_id: str, trigger: str = "user") -> Run:
-        try:
-            return await super().begin_run(
-                chat_id=chat_id, workspace_id=workspace_id, trigger=trigger
-            )
-        except RunAlreadyActive as exc:
-            raise exc.__cause__ or exc from None
-
-
-class StepInTwoStatements(PgTurnStore):
-    """DUR-2 (fault only): append_step writes the content, then the parts, in two
-    statements, so a step cut between them leaves new content over old parts."""
-
-    async def append_step(
-        self, *, message_id: str, workspace_id: str, content: str, parts: list[dict[str, Any]]
-    ) -> bool:
-        guard = (
-            "WHERE id = %(message_id)s AND workspace_id = %(workspace_id)s AND status = 'streaming'"
-        )
-        params = {
-            "message_id": message_id,
-            "workspace_id": workspace_id,
-            "content": content,
-            "parts": psycopg.types.json.Jsonb(parts),
-        }
-        changed = await self._changed(
-            f"UPDATE messages SET content = %(content)s, updated_at = {BUMP_UPDATED_AT} {guard}",
-            params,
-        )
-        if changed:
-            await self._changed(f"UPDATE messages SET parts = %(parts)s {guard}", params)
-        return bool(changed)
-
-
-class SweepCutoffFromSendTime(PgTurnStore):
-    """SWP-5: the staleness cutoff is the replica's time when the sweep is called, so a
-    sweep delayed in transit spares rows that are stale when it arrives."""
-
-    async def sweep_streaming(self, *, older_than: timedelta) -> int:
-        now = self.clock() if self.clock is not None else datetime.now(UTC)
-        return await self._changed(
-            f"UPDATE messages SET status = 'aborted', updated_at = {BUMP_UPDATED_AT}"
-            " WHERE status = 'streaming' AND updated_at < %(cutoff)s",
-            {"cutoff": now - older_than},
-        )
-
-
-swallows_lost_connections = ReferenceAdapter(
-    name="broken-swallows-lost-connections", store_class=SwallowsLostConnections
-)
-insert_only_persist = ReferenceAdapter(
-    name="broken-insert-only-persist", store_class=InsertOnlyPersist
-)
-begin_leaks_conflict = ReferenceAdapter(
-    name="broken-begin-leaks-conflict", store_class=BeginLeaksConflict
-)
-step_in_two_statements = ReferenceAdapter(
-    name="broken-step-in-two-statements", store_class=StepInTwoStatements
-)
-sweep_cutoff_from_send_time = ReferenceAdapter(
-    name="broken-sweep-cutoff-from-send-time", store_class=SweepCutoffFromSendTime
-)
-
-
 def local(variant: str) -> str:
-    """The --adapter spec of a variant defined in this module."""
-    return f"{__name__}:{variant}"
+    """The --adapter spec of a fault-only variant in reference_impl.broken."""
+    return f"reference_impl.broken:{variant}"
 
 
 # Helpers ----------------------------------------------------------------------------------
