@@ -191,11 +191,11 @@ class RaceEngine:
     ) -> RaceOutcome:
         """One interleaving on a fresh database; raises RaceFailure if the check fails."""
         __tracebackhide__ = True
-        dsn = await anyio.to_thread.run_sync(self.databases.create)
+        dsn = self.databases.create()  # ~10 ms; no worker thread a Ctrl-C could strand
         try:
             return await self._run_on(dsn, race, tuple(schedule), check=check, hold=hold)
         finally:
-            await anyio.to_thread.run_sync(self.databases.drop, dsn)
+            self.databases.drop(dsn)
 
     # -- one interleaving ---------------------------------------------------------------
     async def _run_on(
