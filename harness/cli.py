@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_ADAPTER}) [TURNPROOF_ADAPTER]",
     )
     run.add_argument(
+        "--adapter-cmd",
+        default=os.environ.get("TURNPROOF_ADAPTER_CMD"),
+        metavar="CMD",
+        help="run the implementation as this driver command (docs/driver-protocol.md), e.g. "
+        "'node driver.js'; takes precedence over --adapter [TURNPROOF_ADAPTER_CMD]",
+    )
+    run.add_argument(
         "--pg",
         choices=PG_MODES,
         default=os.environ.get("TURNPROOF_PG", "auto"),
@@ -91,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 BENCHMARKS = {
+    "driver": "harness.driver.benchmark",
     "proxy": "harness.proxy.benchmark",
     "race": "harness.race.benchmark",
 }
@@ -111,11 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_suite(args: argparse.Namespace) -> int:
     try:
-        load_adapter(args.adapter)
+        if args.adapter_cmd:
+            from harness.driver.client import DriverAdapter
+
+            DriverAdapter.from_command_line(args.adapter_cmd)
+        else:
+            load_adapter(args.adapter)
     except AdapterLoadError as exc:
         print(f"turnproof: {exc}", file=sys.stderr)
         return EXIT_USAGE
     pytest_args = ["--pyargs", "scenarios", "-p", "no:cacheprovider", "--adapter", args.adapter]
+    if args.adapter_cmd:
+        pytest_args += ["--adapter-cmd", args.adapter_cmd]
     pytest_args += ["--pg", args.pg, "-r", "fEs"]
     # This process imported harness before pytest could mark it for assertion rewriting.
     pytest_args += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]

@@ -5,13 +5,15 @@ works from any directory. It stays inert in runs that collect no scenario:
 nothing is imported from the adapter and no server starts until a fixture
 asks for one.
 
-Public fixtures: `adapter`, `turn_dsn`, `store`, `open_store`, `db_clock`, `race_engine`.
+Public fixtures: `adapter`, `turn_dsn`, `store`, `open_store` (also in a process of its own,
+to kill), `db_clock`, `race_engine`.
 Markers: `requirement(*ids)`, `capability(*names)`.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from harness.conformance_report import (
 )
 from harness.contract import Adapter, Clock, TurnStore
 from harness.db_clock import DatabaseClock
+from harness.driver.client import DriverAdapter
 from harness.errors import HarnessError
 from harness.postgres.databases import DatabaseFactory, with_params
 from harness.postgres.resolver import PG_MODES, PostgresServer, start_postgres
@@ -47,6 +50,13 @@ _SETTINGS = {
         "TURNPROOF_ADAPTER",
         "implementation under test: 'package.module:attribute' or a name registered in the "
         f"'turnproof.adapters' entry-point group (default: {DEFAULT_ADAPTER})",
+    ),
+    "adapter_cmd": (
+        "turnproof_adapter_cmd",
+        "TURNPROOF_ADAPTER_CMD",
+        "run the implementation as this driver command (JSON-lines driver protocol, "
+        "docs/driver-protocol.md), e.g. 'node driver.js' or 'python -m harness.worker "
+        "--adapter SPEC'; takes precedence over --adapter",
     ),
     "pg_dsn": (
         "turnproof_pg_dsn",
@@ -70,7 +80,9 @@ class TurnproofRun:
     pg_mode: str
     pg_dsn: str | None
     json_path: Path | None
+    adapter_cmd: str | None = None
     _adapter: Adapter | None = None
+    _process_adapter: DriverAdapter | None = None
     _server: PostgresServer | None = None
     _factory: DatabaseFactory | None = None
     _proxies: RunningProxyServer | None = None
@@ -82,8 +94,28 @@ class TurnproofRun:
 
     def adapter(self) -> Adapter:
         if self._adapter is None:
-            self._adapter = load_adapter(self.adapter_spec)
+            if self.adapter_cmd:
+                self._adapter = self._process_adapter = DriverAdapter.from_command_line(
+                    self.adapter_cmd
+                )
+            else:
+                self._adapter = load_adapter(self.adapter_spec)
         return self._adapter
+
+    def process_adapter(self) -> Adapter:
+        """The implementation with every store in a process of its own, for the scenarios
+        that kill writers: the driver itself, or a Python adapter behind the worker."""
+        self.adapter()
+        if self._process_adapter is None:
+            self._process_adapter = DriverAdapter.python_worker(self.adapter_spec)
+        return self._process_adapter
+
+    @property
+    def adapter_option(self) -> str:
+        """How this run chose its adapter, as a command-line option (for rerun lines)."""
+        if self.adapter_cmd:
+            return f"--adapter-cmd {shlex.quote(self.adapter_cmd)}"
+        return f"--adapter {shlex.quote(self.adapter_spec)}"
 
     def databases(self) -> DatabaseFactory:
         """Start (or reach) PostgreSQL and install the adapter's schema into a template, once."""
@@ -124,6 +156,8 @@ class TurnproofRun:
     def close(self) -> None:
         """Drop our databases and stop what we started; safe to call more than once."""
         try:
+            if self._process_adapter is not None:
+                self._process_adapter.close()
             if self._proxies is not None:
                 self._proxies.stop()
                 self._proxies = None
@@ -221,11 +255,12 @@ def pytest_configure(config: pytest.Config) -> None:
         pg_mode=_setting(config, "pg") or "auto",
         pg_dsn=_setting(config, "pg_dsn"),
         json_path=Path(json_path) if json_path else None,
+        adapter_cmd=_setting(config, "adapter_cmd"),
         log=lambda line: _write_line(config, line),
     )
     if run.pg_mode not in PG_MODES:
         pytest.exit(f"turnproof: --pg {run.pg_mode!r}: choose one of {', '.join(PG_MODES)}", 2)
-    if spec:  # an explicit choice is checked now, so a typo costs no server start
+    if spec or run.adapter_cmd:  # an explicit choice is checked now: a typo costs no server
         try:
             run.adapter()
         except AdapterLoadError as exc:
@@ -334,7 +369,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run.report = build_report(
         run.outcomes.values(),
         adapter_name=adapter.name,
-        adapter_spec=run.adapter_spec,
+        adapter_spec=run.adapter_cmd or run.adapter_spec,
         capabilities=adapter.capabilities,
         postgres=run.postgres_description,
         complete_run=run.complete(session),
@@ -384,14 +419,22 @@ def turn_dsn(_turnproof_databases: DatabaseFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def open_store(
-    adapter: Adapter, turn_dsn: str
+    request: pytest.FixtureRequest, adapter: Adapter, turn_dsn: str
 ) -> AsyncIterator[Callable[..., Awaitable[TurnStore]]]:
-    """More replicas on the test's database: `await open_store(clock=..., name=...)`."""
+    """More replicas on the test's database: `await open_store(clock=..., name=...)`.
+
+    `own_process=True` gives a replica in a process of its own (a `DriverStore`), which
+    `await replica.kill()` SIGKILLs like a crash; the scenario needs the `process`
+    capability.
+    """
     opened: list[TurnStore] = []
 
-    async def open_(*, clock: Clock | None = None, name: str = "replica") -> TurnStore:
+    async def open_(
+        *, clock: Clock | None = None, name: str = "replica", own_process: bool = False
+    ) -> TurnStore:
         dsn = with_params(turn_dsn, application_name=f"turnproof-{name}")
-        store = assert_store(await adapter.connect(dsn, clock=clock), adapter.name)
+        chosen = request.config.stash[_RUN].process_adapter() if own_process else adapter
+        store = assert_store(await chosen.connect(dsn, clock=clock), adapter.name)
         opened.append(store)
         return store
 
@@ -422,7 +465,7 @@ def race_engine(request: pytest.FixtureRequest, adapter: Adapter) -> RaceEngine:
     def rerun(failed: tuple[str, ...]) -> str:
         target = scenario_id(item)
         return (
-            f"rerun: pytest -p no:cacheprovider --pyargs '{target}' --adapter '{run.adapter_spec}' "
+            f"rerun: pytest -p no:cacheprovider --pyargs '{target}' {run.adapter_option} "
             f"--race-schedule '{','.join(failed)}'"
         )
 
@@ -430,6 +473,7 @@ def race_engine(request: pytest.FixtureRequest, adapter: Adapter) -> RaceEngine:
         adapter,
         factory,
         run.proxies() if "network" in adapter.capabilities else None,
+        process_adapter=run.process_adapter,
         forced_schedule=tuple(schedule.split(",")) if schedule else None,
         sample=request.config.getoption("race_sample"),
         seed=seed,

@@ -148,11 +148,7 @@ CATALOG: tuple[Requirement, ...] = (
 REQUIREMENTS: dict[str, Requirement] = {r.id: r for r in CATALOG}
 
 NOT_YET_COVERED: dict[str, str] = {
-    **{
-        f"DUR-{n}": "process-kill scenarios arrive with the driver protocol (issue 5)"
-        for n in (1, 3)
-    },
-    **{f"CW-{n}": "no scenario yet for the coalescing writer" for n in range(1, 8)},
+    f"CW-{n}": "no scenario yet for the coalescing writer" for n in range(1, 8)
 }
 """IDs the suite has no scenario for yet, with why; the catalog test keeps this list exact."""
 

@@ -270,6 +270,29 @@ class _WithoutOneActiveIndex(ReferenceAdapter):
             await conn.execute(f"DROP INDEX IF EXISTS {ONE_ACTIVE_RUN_INDEX}")
 
 
+class BeginSkipsClaimedChat(PgTurnStore):
+    """RUN-3 (race only): begin_run claims the chat row (FOR UPDATE SKIP LOCKED) in a
+    transaction and reports a chat another begin has claimed as RunAlreadyActive, though
+    that begin has not committed and may yet die."""
+
+    async def begin_run(self, *, chat_id: str, workspace_id: str, trigger: str = "user") -> Run:
+        where = {"chat_id": chat_id, "workspace_id": workspace_id}
+        async with self._conn.transaction():
+            claimed = await self._one(
+                "SELECT id FROM chats WHERE id = %(chat_id)s AND workspace_id = %(workspace_id)s"
+                " FOR UPDATE SKIP LOCKED",
+                where,
+            )
+            if claimed is None and await self._one(
+                "SELECT id FROM chats WHERE id = %(chat_id)s AND workspace_id = %(workspace_id)s",
+                where,
+            ):
+                raise RunAlreadyActive(chat_id)
+            return await super().begin_run(
+                chat_id=chat_id, workspace_id=workspace_id, trigger=trigger
+            )
+
+
 class BeginSwallowsConflict(PgTurnStore):
     """RUN-1: a losing begin_run returns the existing active run instead of raising."""
 
@@ -412,6 +435,9 @@ read_then_write_step = ReferenceAdapter(
 )
 check_then_act_begin = _WithoutOneActiveIndex(
     name="broken-check-then-act-begin", store_class=CheckThenActBegin
+)
+begin_skips_claimed_chat = ReferenceAdapter(
+    name="broken-begin-skips-claimed-chat", store_class=BeginSkipsClaimedChat
 )
 begin_swallows_conflict = ReferenceAdapter(
     name="broken-begin-swallows-conflict", store_class=BeginSwallowsConflict

@@ -1,5 +1,6 @@
 """Run races, forced: concurrent begins on one chat, and a winner that dies before its
-commit while another begin waits on it."""
+commit while another begin waits on it (its connection cut, its backend terminated, or its
+process killed)."""
 
 from __future__ import annotations
 
@@ -116,20 +117,26 @@ def winner_dies(fault: str, check) -> Race:
         actors={"winner": [BEGIN], "waiter": [BEGIN]},
         produced=(
             Produced(
-                "the waiter waited on the winner's uncommitted run, and the winner died",
-                lambda o: o.waited_on_another("waiter") and o.died_uncommitted("winner"),
+                "the waiter's begin reached the database while the winner's was uncommitted, "
+                "and the winner died",
+                lambda o: o.overlapped("waiter", "winner") and o.died_uncommitted("winner"),
             ),
         ),
         check=check,
+        processes=fault == "kill",
     )
 
 
 def fault_after_each_winner_step(fault: str):
-    """The winner takes k steps, the waiter one, then the fault hits the winner: every k."""
+    """The winner takes k steps, the waiter m (up to its wait, if it has to wait), then the
+    fault hits the winner: every k and m."""
 
     def schedules(steps: dict[str, int]) -> list[tuple[str, ...]]:
-        winner_steps = range(1, steps["winner"] + 1)
-        return [("winner",) * k + ("waiter", f"{fault}:winner") for k in winner_steps]
+        return [
+            ("winner",) * k + ("waiter",) * m + (f"{fault}:winner",)
+            for k in range(1, steps["winner"] + 1)
+            for m in range(1, steps["waiter"] + 1)
+        ]
 
     return schedules
 
@@ -141,7 +148,15 @@ FAULTS = pytest.mark.parametrize(
 
 @pytest.mark.requirement("RUN-3")
 @pytest.mark.capability("network")
-@FAULTS
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "cut",
+        "terminate",
+        pytest.param("kill", marks=pytest.mark.capability("process")),
+    ],
+    ids=["connection-cut", "backend-terminated", "process-killed"],
+)
 async def test_waiting_begin_wins_when_the_winner_dies(race_engine, fault):
     """A begin waiting on a winner that dies before commit succeeds instead of failing."""
     race = winner_dies(fault, waiter_wins_over_a_dead_winner)

@@ -40,6 +40,17 @@ class SuiteRun:
         rows = {row["id"]: row for row in self.report["rows"]}
         return rows[requirement_id]["status"]
 
+    def failing(self) -> set[str]:
+        """The scenarios (`test_name[param]`) that failed or errored, from the matrix."""
+        assert self.report is not None, "the run wrote no report:\n" + self.result.stdout.str()
+        rows = self.report["rows"]
+        return {nodeid.split("::", 1)[1] for row in rows for nodeid in row["failing"]}
+
+    def errors(self) -> int:
+        """Scenarios without a verdict (a premise failed, the race did not happen)."""
+        assert self.report is not None, "the run wrote no report:\n" + self.result.stdout.str()
+        return sum(row["errors"] for row in self.report["rows"])
+
 
 @pytest.fixture
 def run_scenarios(pytester: pytest.Pytester, postgres_server: PostgresServer):

@@ -21,12 +21,16 @@ VARIANTS = [
     ("check_then_act_begin", "RUN-1"),
     ("begin_swallows_conflict", "RUN-1"),
     ("begin_blames_everything", "RUN-2"),
+    ("begin_skips_claimed_chat", "RUN-3"),
+    ("steps_in_memory", "DUR-1"),
+    ("finalize_in_two_statements", "DUR-2"),
 ]
 
 RACE_ONLY = [
     ("read_then_write_step", "MSG-4", "scenarios.test_messages"),
     ("check_then_insert_persist", "MSG-1", "scenarios.test_messages"),
     ("check_then_act_begin", "RUN-1", "scenarios.test_runs"),
+    ("begin_skips_claimed_chat", "RUN-3", "scenarios.test_runs"),
 ]
 
 

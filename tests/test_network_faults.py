@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -44,18 +43,6 @@ def wire_cases(ops: tuple[str, ...], streams: tuple[str, ...]) -> set[str]:
 def local(variant: str) -> str:
     """The --adapter spec of a fault-only variant in reference_impl.broken."""
     return f"reference_impl.broken:{variant}"
-
-
-# Helpers ----------------------------------------------------------------------------------
-
-
-def failing_scenarios(run: Any) -> set[str]:
-    """The scenarios (`test_name[param]`) that failed or errored, from the run's report."""
-    return {nodeid.split("::", 1)[1] for row in run.report["rows"] for nodeid in row["failing"]}
-
-
-def error_count(run: Any) -> int:
-    return sum(row["errors"] for row in run.report["rows"])
 
 
 @pytest.fixture(autouse=True)
@@ -176,8 +163,8 @@ CAUGHT = [
 def test_each_bug_fails_exactly_the_scenarios_it_must(run_scenarios, adapter_spec, expected):
     run = run_scenarios(adapter_spec, target=MODULE)
     assert run.result.ret == pytest.ExitCode.TESTS_FAILED, run.result.stdout.str()
-    assert error_count(run) == 0, "a premise failed instead:\n" + run.result.stdout.str()
-    assert failing_scenarios(run) == expected, run.result.stdout.str()
+    assert run.errors() == 0, "a premise failed instead:\n" + run.result.stdout.str()
+    assert run.failing() == expected, run.result.stdout.str()
 
 
 @pytest.mark.parametrize(

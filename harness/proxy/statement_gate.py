@@ -228,8 +228,10 @@ class StatementGate:
     @owner_thread
     def cut_after_send(self, seq: int | None = None) -> int:
         """Let statement `seq` (default: the one held now) through, and cut its
-        connection as soon as the server starts answering it: the server executed it,
-        the client never learns the outcome. Returns the statement number."""
+        connection as soon as the server starts answering it once it is wholly sent: the
+        server executed it, the client never learns the outcome. A statement held at its
+        Sync goes on to commit, and the cut comes with the answer to the commit. Returns
+        the statement number."""
         if seq is None:
             held = [c.blocked_at.seq for c in self._conns if c.blocked_at]
             if len(held) != 1:
@@ -239,6 +241,7 @@ class StatementGate:
             raise BadRequest(f"statement {seq} was already sent")
         self._cut_after_send.add(seq)
         self._breakpoints.discard(seq)
+        self._sync_breakpoints.discard(seq)
         self._pump_all()
         return seq
 
@@ -524,7 +527,7 @@ class _GateConnection:
                     self.go_transparent()
                     self.conn.link("downstream").push(data)
                     return
-            elif kind == wp.START and self.inflight and self.gate._cut_armed(self.inflight[0]):
+            elif kind == wp.START and self.inflight and self._cut_now(self.inflight[0]):
                 self.conn.link("downstream").push(data[:offset])
                 self.inflight[0].cut = True
                 self.cut()
@@ -534,6 +537,10 @@ class _GateConnection:
                 self._learn_reply(mtype, body)
         self.conn.link("downstream").push(data)
         self.gate._changed()
+
+    def _cut_now(self, head: _Statement) -> bool:
+        """Armed, and wholly sent: answers to what came before its Sync do not count."""
+        return head.sent_at is not None and self.gate._cut_armed(head)
 
     def _learn_reply(self, mtype: str, body: bytes) -> None:
         head = self.inflight[0]

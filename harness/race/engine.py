@@ -9,7 +9,12 @@ After every step the engine waits until each actor is parked again: held at
 its gate, executed and waiting for its commit, blocked on another's lock (as
 pg_blocking_pids says, like PostgreSQL's isolation tester), or finished.
 Entries "cut:NAME" and "terminate:NAME" cut an actor's connections at the
-proxy or end its backend: the faults of a writer dying mid-transaction.
+proxy or end its backend: the faults of a writer dying mid-transaction. For a
+race whose actors run in processes of their own, "kill:NAME" SIGKILLs the
+actor's process wherever it is (between operations, or with a statement held at
+its gate, which it then never sent), and "kill-after-send:NAME" lets its held
+statement or commit reach PostgreSQL and kills the process before the answer
+comes back: the crash after COMMIT whose outcome the writer never learned.
 
 At operation level a step is a whole operation. Each interleaving runs on a
 fresh database, so one cannot leak into the next.
@@ -18,6 +23,7 @@ fresh database, so one cannot leak into the next.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import random
 from collections.abc import Callable, Sequence
@@ -28,6 +34,7 @@ import psycopg
 
 from harness.contract import Adapter
 from harness.db_clock import DatabaseClock
+from harness.driver.client import DriverStore
 from harness.errors import HarnessError
 from harness.postgres.databases import DatabaseFactory, with_params
 from harness.proxy.server import RunningProxyServer
@@ -39,7 +46,7 @@ from harness.race.outcome import RaceOutcome
 from harness.race.scenario import Context, Op, Produced, Race
 
 POLL_SECONDS = 0.002
-FAULTS = ("cut", "terminate")
+FAULTS = ("cut", "terminate", "kill", "kill-after-send")
 
 
 ScheduleMaker = Callable[[dict[str, int]], Sequence[tuple[str, ...]]]
@@ -93,6 +100,7 @@ class RaceEngine:
         databases: DatabaseFactory,
         proxies: RunningProxyServer | None,
         *,
+        process_adapter: Callable[[], Adapter] | None = None,
         step_timeout: float = 10.0,
         forced_schedule: tuple[str, ...] | None = None,
         sample: int = 200,
@@ -100,6 +108,7 @@ class RaceEngine:
         rerun: Callable[[tuple[str, ...]], str] | None = None,
     ) -> None:
         self.adapter = adapter
+        self.process_adapter = process_adapter
         self.databases = databases
         self.proxies = proxies
         self.step_timeout = step_timeout
@@ -173,7 +182,7 @@ class RaceEngine:
         """Each actor's number of steps, from a solo run of it on its own fresh database."""
         steps: dict[str, int] = {}
         for name in race.actors:
-            solo = Race(race.name, race.setup, {name: race.actors[name]}, (), race.check)
+            solo = dataclasses.replace(race, actors={name: race.actors[name]}, produced=())
             outcome = await self.run(solo, (), check=False, hold=False)
             if self.statement_level:
                 steps[name] = sum(2 if s.executes else 1 for s in outcome.statements[name])
@@ -223,8 +232,11 @@ class RaceEngine:
         )
         actors: list[Actor] = []
         try:
+            adapter = self._actors_adapter(race)
             for name, ops in race.actors.items():
-                actors.append(await self._open_actor(name, ops, dsn, context, history, transcript))
+                actors.append(
+                    await self._open_actor(adapter, name, ops, dsn, context, history, transcript)
+                )
             if hold:
                 for actor in actors:
                     self._arm(actor, actor.next_seq)
@@ -303,8 +315,19 @@ class RaceEngine:
             await outcome.reader.aclose()
             outcome.reader = None
 
+    def _actors_adapter(self, race: Race) -> Adapter:
+        if not race.processes:
+            return self.adapter
+        if self.process_adapter is None:
+            raise HarnessError(
+                f"race {race.name!r} runs its actors in processes of their own, and this "
+                "engine was given no process adapter (the race_engine fixture has one)"
+            )
+        return self.process_adapter()
+
     async def _open_actor(
         self,
+        adapter: Adapter,
         name: str,
         ops: list[Op],
         dsn: str,
@@ -318,9 +341,7 @@ class RaceEngine:
             proxy = self.proxies.create_proxy(f"actor-{name}-{self._counter}", _host_port(dsn))
             gate = proxy.gate()
             dsn = with_params(dsn, host="127.0.0.1", port=str(proxy.port))
-        store = await self.adapter.connect(
-            with_params(dsn, application_name=application_name(name))
-        )
+        store = await adapter.connect(with_params(dsn, application_name=application_name(name)))
         actor = Actor(name, ops, store, history, context, transcript, proxy=proxy, gate=gate)
         if gate is not None:  # statements sent while connecting are not scheduled
             actor.next_seq = len(gate.events) + 1
@@ -398,12 +419,36 @@ class RaceEngine:
         if fault == "cut":
             self._cut(actor)
             transcript.append(f"fault: {actor.name}'s connections cut at the proxy")
-        else:
+        elif fault == "terminate":
             ended = await monitor.terminate(actor.application_name)
             transcript.append(f"fault: {actor.name}'s backend terminated ({ended} ended)")
+        elif fault == "kill":
+            await _process_of(actor).kill()
+            self._cut(actor)  # what it held at the gate, it never sent
+            transcript.append(f"fault: {actor.name}'s process killed (SIGKILL)")
+        else:
+            await self._kill_after_send(actor, in_flight, transcript)
         gate = actor.gate
         if gate is not None and len(gate.events) >= in_flight:  # until the gate sees it dead
             await gate.wait_completed(in_flight, timeout=self.step_timeout)
+
+    async def _kill_after_send(self, actor: Actor, seq: int, transcript: list[str]) -> None:
+        """Freeze the process, so it cannot see what follows; let its held statement (or
+        commit) reach the server; cut the connection as the answer starts; then kill."""
+        process, gate = _process_of(actor), actor.gate
+        if gate is None:
+            raise HarnessError(
+                f"kill-after-send:{actor.name} needs statement level (the network capability)"
+            )
+        process.freeze()
+        gate.cut_after_send(seq)
+        event = await gate.wait_completed(seq, timeout=self.step_timeout)
+        await process.kill()
+        answered = "the server answered, the answer was cut" if event.cut else "it ended"
+        transcript.append(
+            f"fault: {actor.name}'s {_statement_text(gate, seq)} sent ({answered}); "
+            "its process killed (SIGKILL) before it could learn the outcome"
+        )
 
     def _cut(self, actor: Actor) -> None:
         if actor.gate is not None:
@@ -449,6 +494,15 @@ class RaceEngine:
             for _ in range(len(actor.ops) - actor.permits_given):
                 actor.permit()
         await _all_done(actors)
+
+
+def _process_of(actor: Actor) -> DriverStore:
+    if not isinstance(actor.store, DriverStore):
+        raise HarnessError(
+            f"cannot kill {actor.name}: its store runs in this process; "
+            "a race that kills sets Race(processes=True)"
+        )
+    return actor.store
 
 
 async def _all_done(actors: list[Actor]) -> None:

@@ -95,6 +95,9 @@ class Race:
     produced: tuple[Produced, ...]
     check: Check
     notes: tuple[str, ...] = field(default=())
+    processes: bool = False
+    """Each actor's store lives in a process of its own (the adapter's driver, or the
+    Python worker), so schedules may kill it: "kill:NAME", "kill-after-send:NAME"."""
 
     def __post_init__(self) -> None:
         if not self.actors or any(not ops for ops in self.actors.values()):

@@ -1,0 +1,262 @@
+"""Writers killed outright: SIGKILL a replica's process between operations, with a statement
+held at its gate (its transaction open), or after its commit was sent but before the answer
+came back. What returned True survives (DUR-1), nothing is half-written (DUR-2), what the
+dead left open stays readable and active until a sweep closes it (DUR-3, RUN-5, RUN-7).
+The winner of a concurrent begin killed before its commit is in scenarios.test_run_races.
+
+A replica that dies runs in a process of its own: the adapter's driver, or the Python
+worker around an in-process adapter (`open_store(own_process=True)`, `Race(processes=True)`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from harness import Message, Run, RunAlreadyActive, TurnStore, Usage
+from harness.driver import DriverExited, DriverStore
+from harness.race import Op, Produced, Race, RaceOutcome
+from scenarios.support import (
+    ACTIVE_RUN_STATUSES,
+    RACE_WS,
+    STALE,
+    USAGE_A,
+    Turn,
+    finalize_op,
+    step_op,
+    streaming_turn,
+    text_parts,
+    usage_values,
+)
+
+pytestmark = pytest.mark.anyio
+
+STEPS = ("the first step", "the first step, the second", "the first step, the second, a third")
+FINAL = "the final answer"
+
+
+async def killed(writer: TurnStore) -> None:
+    """SIGKILL the writer's process, and prove it is gone: it can run nothing more."""
+    assert isinstance(writer, DriverStore), "set-up: the writer must run in its own process"
+    await writer.kill()
+    with pytest.raises(DriverExited):
+        await writer.latest_run(chat_id="after-the-kill", workspace_id="after-the-kill")
+
+
+async def row(store: TurnStore, turn: Turn) -> Message:
+    found = await store.get_message(
+        message_id=turn.assistant_message_id, workspace_id=turn.workspace_id
+    )
+    assert found is not None, f"assistant message {turn.assistant_message_id!r} vanished"
+    return found
+
+
+async def stepped(store: TurnStore, turn: Turn, steps: tuple[str, ...] = STEPS) -> None:
+    for content in steps:
+        assert await store.append_step(
+            message_id=turn.assistant_message_id,
+            workspace_id=turn.workspace_id,
+            content=content,
+            parts=text_parts(content),
+        ), f"set-up: append_step({content!r}) on a live streaming row returned False"
+
+
+def describe(message: Message, usage: list[Usage] | None = None) -> str:
+    shown = f"status {message.status!r}, content {message.content!r}"
+    return shown if usage is None else f"{shown}, usage {[usage_values(u) for u in usage]}"
+
+
+# DUR-1: what returned True survives the kill --------------------------------------------
+
+
+@pytest.mark.requirement("DUR-1")
+@pytest.mark.capability("streaming", "usage")
+async def test_what_returned_true_survives_the_writers_death(open_store):
+    """Steps and a finalize that returned True are all there after the writer is killed."""
+    writer = await open_store(name="writer", own_process=True)
+    streaming = await streaming_turn(writer)
+    await stepped(writer, streaming)
+    finished = await streaming_turn(writer)
+    assert await writer.finalize(
+        message_id=finished.assistant_message_id,
+        workspace_id=finished.workspace_id,
+        status="completed",
+        content=FINAL,
+        parts=text_parts(FINAL),
+        usage=USAGE_A,
+    ), "set-up: finalize of a live streaming row returned False"
+
+    await killed(writer)
+
+    reader = await open_store(name="reader")
+    after = await row(reader, streaming)
+    assert (after.status, after.content, after.parts) == (
+        "streaming",
+        STEPS[-1],
+        text_parts(STEPS[-1]),
+    ), f"the steps append_step confirmed did not survive the writer's death: {describe(after)}"
+    done = await row(reader, finished)
+    usage = await reader.usage_for(message_id=finished.assistant_message_id)
+    assert (done.status, done.content, [usage_values(u) for u in usage]) == (
+        "completed",
+        FINAL,
+        [usage_values(USAGE_A)],
+    ), f"the finalize that returned True did not survive its writer: {describe(done, usage)}"
+
+
+# RUN-5 and DUR-3/RUN-7: what the dead left open ------------------------------------------
+
+
+@pytest.mark.requirement("RUN-5")
+@pytest.mark.capability("process")
+async def test_a_killed_writers_run_stays_active(open_store):
+    """A writer's death neither stops nor finishes its run: the chat stays busy."""
+    writer = await open_store(name="writer", own_process=True)
+    workspace = "workspace-killed-writer"
+    chat = await writer.create_chat(workspace_id=workspace)
+    run = await writer.begin_run(chat_id=chat, workspace_id=workspace)
+
+    await killed(writer)
+
+    other = await open_store(name="other")
+    latest = await other.latest_run(chat_id=chat, workspace_id=workspace)
+    assert latest is not None, "the killed writer's run is gone"
+    assert (latest.id, latest.status in ACTIVE_RUN_STATUSES, latest.stop_requested) == (
+        run.id,
+        True,
+        False,
+    ), f"the writer's death changed its run: {latest}"
+    with pytest.raises(RunAlreadyActive):
+        await other.begin_run(chat_id=chat, workspace_id=workspace)
+
+
+@pytest.mark.requirement("DUR-3", "RUN-7")
+@pytest.mark.capability("streaming", "sweep", "runs")
+async def test_a_killed_writers_turn_stays_readable_until_swept(open_store, db_clock):
+    """Killed mid-turn: its steps stay readable; once stale, the sweeps close its message and
+    its run, and spare a live writer's turn whose steps keep it fresh."""
+    dead = await open_store(name="dead", own_process=True)
+    live = await open_store(name="live")
+    turns: dict[str, tuple[Turn, Run]] = {}
+    for name, writer in (("dead", dead), ("live", live)):
+        turn = await streaming_turn(writer)
+        run = await writer.begin_run(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
+        assert await writer.link_assistant(run_id=run.id, message_id=turn.assistant_message_id)
+        await stepped(writer, turn, STEPS[:2])
+        assert await writer.record_step(run_id=run.id), "set-up: record_step returned False"
+        turns[name] = (turn, run)
+
+    await killed(dead)
+
+    dead_turn, dead_run = turns["dead"]
+    reader = await open_store(name="reader")
+    before = await row(reader, dead_turn)
+    assert (before.status, before.content) == ("streaming", STEPS[1]), (
+        f"the dead writer's finished steps are not readable: {describe(before)}"
+    )
+    live_turn, live_run = turns["live"]
+    await db_clock.let_pass(STALE)
+    async with db_clock.within(STALE):
+        await stepped(live, live_turn, STEPS[2:])
+        assert await live.record_step(run_id=live_run.id)
+        swept_messages = await reader.sweep_streaming(older_than=STALE)
+        swept_runs = await reader.sweep_runs(older_than=STALE)
+
+    after = await row(reader, dead_turn)
+    assert (after.status, after.content) == ("aborted", STEPS[1]), (
+        f"the sweep did not close the dead writer's message, steps kept: {describe(after)}"
+    )
+    dead_after = await reader.latest_run(
+        chat_id=dead_turn.chat_id, workspace_id=dead_turn.workspace_id
+    )
+    live_after = await reader.latest_run(
+        chat_id=live_turn.chat_id, workspace_id=live_turn.workspace_id
+    )
+    assert dead_after is not None, "the dead writer's run is gone"
+    assert (dead_after.id, dead_after.status) == (dead_run.id, "aborted"), (
+        f"the sweep did not close the dead writer's run: {dead_after}"
+    )
+    assert live_after is not None, "the live writer's run is gone"
+    assert live_after.status in ACTIVE_RUN_STATUSES, (
+        f"the sweep aborted the run a live writer kept fresh: {live_after}"
+    )
+    assert (await row(reader, live_turn)).status == "streaming", "a live turn was swept"
+    assert (swept_messages, swept_runs) == (1, 1)
+
+
+# DUR-2: killed in the middle of an operation ---------------------------------------------
+
+
+async def streaming_message(store: TurnStore, db_clock: object) -> dict[str, Any]:
+    turn = await streaming_turn(store, workspace_id=RACE_WS)
+    return {"message_id": turn.assistant_message_id, "before": await row(store, turn)}
+
+
+async def landed_whole_or_not_at_all(outcome: RaceOutcome) -> None:
+    """The operation the kill interrupted happened entirely, or not at all."""
+    (attempt,) = outcome.operations("writer")
+    reader = outcome.reader_store
+    message_id = outcome.context["message_id"]
+    found = await reader.get_message(message_id=message_id, workspace_id=RACE_WS)
+    assert found is not None, "the message vanished"
+    usage = await reader.usage_for(message_id=message_id)
+    untouched = found == outcome.context["before"] and usage == []
+    if attempt.operation == "finalize":
+        whole = (found.status, found.content, [usage_values(u) for u in usage]) == (
+            "completed",
+            FINAL,
+            [usage_values(USAGE_A)],
+        )
+    else:
+        whole = (found.status, found.content, usage) == ("streaming", STEPS[0], [])
+    assert whole or untouched, (
+        f"{attempt.describe()}, killed mid-operation, left a partial write: "
+        f"{describe(found, usage)}; expected all of it or none of it"
+    )
+
+
+def kill_at_every_step(fault: str):
+    """The writer takes k steps (statements sent, commits let through), then dies."""
+
+    def schedules(steps: dict[str, int]) -> list[tuple[str, ...]]:
+        return [("writer",) * k + (f"{fault}:writer",) for k in range(steps["writer"])]
+
+    return schedules
+
+
+OPERATIONS = {
+    "finalize": finalize_op(FINAL, USAGE_A),
+    "append_step": step_op(STEPS[0]),
+}
+
+
+@pytest.mark.requirement("DUR-2")
+@pytest.mark.capability("network", "streaming")
+@pytest.mark.parametrize(
+    "operation",
+    [pytest.param("finalize", marks=pytest.mark.capability("usage")), "append_step"],
+)
+@pytest.mark.parametrize(
+    "fault",
+    ["kill", "kill-after-send"],
+    ids=["killed-holding-a-statement", "killed-after-sending-it"],
+)
+async def test_a_writer_killed_mid_operation_leaves_no_partial_write(race_engine, operation, fault):
+    """Killed before each statement and before each commit, or after sending it: whole or
+    nothing, and whatever returned is there."""
+    op: Op = OPERATIONS[operation]
+    race = Race(
+        name=f"{operation} killed mid-operation ({fault})",
+        setup=streaming_message,
+        actors={"writer": [op]},
+        produced=(
+            Produced(
+                "the writer died with a statement of its operation unanswered",
+                lambda o: o.died_uncommitted("writer"),
+            ),
+        ),
+        check=landed_whole_or_not_at_all,
+        processes=True,
+    )
+    await race_engine.explore(race, schedules=kill_at_every_step(fault))

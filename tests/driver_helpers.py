@@ -1,0 +1,84 @@
+"""Helpers of the driver tests: the commands, and which processes are still there (/proc)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+MISBEHAVING = str(Path(__file__).with_name("misbehaving_driver.py"))
+NODE_DRIVER = Path(__file__).resolve().parents[1] / "examples" / "node-driver"
+WORKER = [sys.executable, "-m", "harness.worker", "--adapter", "reference"]
+MARK_VARIABLE = "TURNPROOF_TEST_MARK"
+BOUND = 20.0  # seconds: no wait of these tests may take longer
+
+
+def node_driver_command() -> list[str]:
+    """The Node.js example driver's command, its dependencies installed from the lockfile;
+    skips the test where node or npm is missing."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("the Node.js example driver needs node and npm on PATH (CI has them)")
+    if not (NODE_DRIVER / "node_modules" / "pg").is_dir():
+        subprocess.run([str(NODE_DRIVER / "install.sh")], check=True, timeout=300)
+    return [node, str(NODE_DRIVER / "driver.js")]
+
+
+def misbehaving(mode: str) -> list[str]:
+    return [sys.executable, MISBEHAVING, mode]
+
+
+def alive(pid: int) -> bool:
+    """Running, or exited but not reaped (a zombie counts: someone failed to wait for it)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def children(parent: int | None = None) -> set[int]:
+    """The live children of `parent` (this process by default)."""
+    parent = os.getpid() if parent is None else parent
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended while we looked
+        if int(fields[1]) == parent:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def marked(mark: str) -> set[int]:
+    """Processes whose environment carries MARK_VARIABLE=mark (inherited by every child,
+    also by one orphaned by its parent's death)."""
+    needle = f"{MARK_VARIABLE}={mark}".encode()
+    found = set()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in environ.read_bytes().split(b"\0"):
+                found.add(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+async def until_waiting_on_a_lock(admin: psycopg.AsyncConnection[Any], name: str) -> None:
+    """Until the backend named `name` waits on a lock: PostgreSQL says so, not a sleep
+    (polling only bounds the wait for another process)."""
+    with anyio.fail_after(BOUND):
+        while True:
+            cursor = await admin.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = %s AND wait_event_type = 'Lock'",
+                (name,),
+            )
+            row = await cursor.fetchone()
+            if row and row[0]:
+                return
+            await anyio.sleep(0.01)
