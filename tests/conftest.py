@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from harness.adapter_loading import load_adapter
+from harness.postgres.databases import DatabaseFactory
 from harness.postgres.resolver import PostgresServer, start_postgres
 
 pytest_plugins = ["pytester"]
@@ -75,3 +77,12 @@ def run_scenarios(pytester: pytest.Pytester, postgres_server: PostgresServer):
         return SuiteRun(result, report)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def databases(postgres_server: PostgresServer) -> Iterator[DatabaseFactory]:
+    """Fresh databases with the reference's schema, for tests that work below the plugin."""
+    factory = DatabaseFactory(postgres_server.admin_dsn)
+    factory.prepare_template(load_adapter("reference").install)
+    yield factory
+    factory.close()

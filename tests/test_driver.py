@@ -52,14 +52,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def databases(postgres_server) -> Iterator[DatabaseFactory]:
-    factory = DatabaseFactory(postgres_server.admin_dsn)
-    factory.prepare_template(load_adapter("reference").install)
-    yield factory
-    factory.close()
-
-
 @pytest.fixture
 def dsn(databases: DatabaseFactory) -> Iterator[str]:
     dsn = databases.create()

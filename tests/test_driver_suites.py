@@ -5,7 +5,6 @@ or a harness killed outright."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from tests.driver_helpers import (
     marked,
     node_driver_command,
 )
+from tests.turnproof_command import start_turnproof_run
 
 PYTHON_WORKER = "python -m harness.worker --adapter reference"
 CORE_FAMILIES = ("MSG-", "USG-", "SWP-", "RUN-", "WS-")
@@ -80,16 +80,8 @@ def test_a_bad_adapter_cmd_is_one_line_and_exit_2(pytester: pytest.Pytester, com
 
 
 def turnproof(*args: str, mark: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNPROOF_")}
-    env[MARK_VARIABLE] = mark  # inherited by every driver it starts
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    """`turnproof run`, marking every driver it starts (they inherit the environment)."""
+    return start_turnproof_run(*args, cwd=cwd, env={MARK_VARIABLE: mark})
 
 
 def assert_no_driver_left(mark: str) -> None:

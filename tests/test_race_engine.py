@@ -14,7 +14,6 @@ import pytest
 
 from harness.adapter_loading import load_adapter
 from harness.errors import HarnessError
-from harness.postgres.databases import DatabaseFactory
 from harness.proxy.server import RunningProxyServer
 from harness.race import Op, Produced, Race, RaceEngine, given
 from harness.race.interleavings import count_interleavings, interleavings
@@ -32,14 +31,6 @@ def test_interleavings_keep_each_actors_order():
     assert orders == [("a", "a", "b"), ("a", "b", "a"), ("b", "a", "a")]
     assert count_interleavings({"a": 2, "b": 2, "c": 2}) == 90
     assert len(set(interleavings({"a": 2, "b": 2, "c": 2}))) == 90
-
-
-@pytest.fixture
-def databases(postgres_server) -> Iterator[DatabaseFactory]:
-    factory = DatabaseFactory(postgres_server.admin_dsn)
-    factory.prepare_template(load_adapter("reference").install)
-    yield factory
-    factory.close()
 
 
 @pytest.fixture

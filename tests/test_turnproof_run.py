@@ -8,28 +8,16 @@ failure and on Ctrl-C.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.turnproof_command import start_turnproof_run
+
 READY = re.compile(r"embedded PostgreSQL \S+ on \S+ ready in .* \(run dir (?P<run_dir>\S+)\)")
-
-
-def turnproof(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNPROOF_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -50,7 +38,8 @@ def assert_nothing_left(run_dir: Path) -> None:
 
 
 def test_main_job_passes_every_covered_requirement(tmp_path):
-    code, output = finish(turnproof("--json", str(tmp_path / "report.json"), cwd=tmp_path))
+    report_path = tmp_path / "report.json"
+    code, output = finish(start_turnproof_run("--json", str(report_path), cwd=tmp_path))
     assert code == 0, output
     report = json.loads((tmp_path / "report.json").read_text())
     statuses = {row["id"]: row["status"] for row in report["rows"]}
@@ -66,7 +55,7 @@ def test_main_job_passes_every_covered_requirement(tmp_path):
 def test_broken_adapter_fails_msg4_and_cleans_up(tmp_path):
     junit = tmp_path / "junit.xml"
     code, output = finish(
-        turnproof(
+        start_turnproof_run(
             "--adapter",
             "reference_impl.broken:unguarded_step",
             "--requirement",
@@ -88,7 +77,7 @@ def test_broken_adapter_fails_msg4_and_cleans_up(tmp_path):
 
 
 def test_ctrl_c_stops_the_run_and_leaves_nothing(tmp_path):
-    process = turnproof("-v", cwd=tmp_path)
+    process = start_turnproof_run("-v", cwd=tmp_path)
     assert process.stdout is not None
     seen: list[str] = []
     for line in process.stdout:  # wait until a sequential scenario is under way
