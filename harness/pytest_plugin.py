@@ -6,7 +6,8 @@ nothing is imported from the adapter and no server starts until a fixture
 asks for one.
 
 Public fixtures: `adapter`, `turn_dsn`, `store`, `open_store` (also in a process of its own,
-to kill), `db_clock`, `race_engine`.
+to kill), `db_clock`, `race_engine`, and `faulty_store` and `restart_postgres` from the
+sibling plugins harness.network_faults and harness.server_restart.
 Markers: `requirement(*ids)`, `capability(*names)`.
 """
 
@@ -153,6 +154,11 @@ class TurnproofRun:
     def postgres_description(self) -> str:
         return self._server.description if self._server else "not started"
 
+    @property
+    def server(self) -> PostgresServer | None:
+        """The run's PostgreSQL, once `databases()` has started (or reached) it."""
+        return self._server
+
     def close(self) -> None:
         """Drop our databases and stop what we started; safe to call more than once."""
         try:
@@ -172,7 +178,7 @@ class TurnproofRun:
 
 _RUN = pytest.StashKey[TurnproofRun]()
 
-pytest_plugins = ["harness.network_faults"]
+pytest_plugins = ["harness.network_faults", "harness.server_restart"]
 
 
 def turnproof_run(config: pytest.Config) -> TurnproofRun:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from harness import RunAlreadyActive, TurnStore, Usage, UsageIn
+from harness import Message, RunAlreadyActive, TurnStore, Usage, UsageIn
 from harness.contract import (
     ACTIVE_RUN_STATUSES,
     NO_TEXT_PART,
@@ -28,9 +28,12 @@ __all__ = [
     "USAGE_A",
     "USAGE_B",
     "Turn",
+    "append_steps",
     "assert_not_run_already_active",
+    "assistant_row",
     "begin_failure",
     "describe_error",
+    "describe_message",
     "finalize_op",
     "is_empty_parts",
     "missing_id_like",
@@ -191,3 +194,28 @@ def finalize_op(content: str, usage: UsageIn | None, message: str = "message_id"
         parts=text_parts(content),
         usage=usage,
     )
+
+
+async def assistant_row(store: TurnStore, turn: Turn) -> Message:
+    """The turn's assistant message, which must exist."""
+    found = await store.get_message(
+        message_id=turn.assistant_message_id, workspace_id=turn.workspace_id
+    )
+    assert found is not None, f"assistant message {turn.assistant_message_id!r} vanished"
+    return found
+
+
+async def append_steps(store: TurnStore, turn: Turn, steps: tuple[str, ...]) -> None:
+    """Set-up: each step appended to the turn's streaming assistant message, confirmed."""
+    for content in steps:
+        assert await store.append_step(
+            message_id=turn.assistant_message_id,
+            workspace_id=turn.workspace_id,
+            content=content,
+            parts=text_parts(content),
+        ), f"set-up: append_step({content!r}) on a live streaming row returned False"
+
+
+def describe_message(message: Message, usage: list[Usage] | None = None) -> str:
+    shown = f"status {message.status!r}, content {message.content!r}"
+    return shown if usage is None else f"{shown}, usage {[usage_values(u) for u in usage]}"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from harness import Message, Run, RunAlreadyActive, TurnStore, Usage
+from harness import Run, RunAlreadyActive, TurnStore
 from harness.driver import DriverExited, DriverStore
 from harness.race import Op, Produced, Race, RaceOutcome
 from scenarios.support import (
@@ -23,6 +23,9 @@ from scenarios.support import (
     STALE,
     USAGE_A,
     Turn,
+    append_steps,
+    assistant_row,
+    describe_message,
     finalize_op,
     step_op,
     streaming_turn,
@@ -44,29 +47,6 @@ async def killed(writer: TurnStore) -> None:
         await writer.latest_run(chat_id="after-the-kill", workspace_id="after-the-kill")
 
 
-async def row(store: TurnStore, turn: Turn) -> Message:
-    found = await store.get_message(
-        message_id=turn.assistant_message_id, workspace_id=turn.workspace_id
-    )
-    assert found is not None, f"assistant message {turn.assistant_message_id!r} vanished"
-    return found
-
-
-async def stepped(store: TurnStore, turn: Turn, steps: tuple[str, ...] = STEPS) -> None:
-    for content in steps:
-        assert await store.append_step(
-            message_id=turn.assistant_message_id,
-            workspace_id=turn.workspace_id,
-            content=content,
-            parts=text_parts(content),
-        ), f"set-up: append_step({content!r}) on a live streaming row returned False"
-
-
-def describe(message: Message, usage: list[Usage] | None = None) -> str:
-    shown = f"status {message.status!r}, content {message.content!r}"
-    return shown if usage is None else f"{shown}, usage {[usage_values(u) for u in usage]}"
-
-
 # DUR-1: what returned True survives the kill --------------------------------------------
 
 
@@ -76,7 +56,7 @@ async def test_what_returned_true_survives_the_writers_death(open_store):
     """Steps and a finalize that returned True are all there after the writer is killed."""
     writer = await open_store(name="writer", own_process=True)
     streaming = await streaming_turn(writer)
-    await stepped(writer, streaming)
+    await append_steps(writer, streaming, STEPS)
     finished = await streaming_turn(writer)
     assert await writer.finalize(
         message_id=finished.assistant_message_id,
@@ -90,19 +70,19 @@ async def test_what_returned_true_survives_the_writers_death(open_store):
     await killed(writer)
 
     reader = await open_store(name="reader")
-    after = await row(reader, streaming)
+    after = await assistant_row(reader, streaming)
     assert (after.status, after.content, after.parts) == (
         "streaming",
         STEPS[-1],
         text_parts(STEPS[-1]),
-    ), f"the steps append_step confirmed did not survive the writer's death: {describe(after)}"
-    done = await row(reader, finished)
+    ), f"confirmed steps did not survive the writer's death: {describe_message(after)}"
+    done = await assistant_row(reader, finished)
     usage = await reader.usage_for(message_id=finished.assistant_message_id)
     assert (done.status, done.content, [usage_values(u) for u in usage]) == (
         "completed",
         FINAL,
         [usage_values(USAGE_A)],
-    ), f"the finalize that returned True did not survive its writer: {describe(done, usage)}"
+    ), f"a confirmed finalize did not survive its writer: {describe_message(done, usage)}"
 
 
 # RUN-5 and DUR-3/RUN-7: what the dead left open ------------------------------------------
@@ -143,7 +123,7 @@ async def test_a_killed_writers_turn_stays_readable_until_swept(open_store, db_c
         turn = await streaming_turn(writer)
         run = await writer.begin_run(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
         assert await writer.link_assistant(run_id=run.id, message_id=turn.assistant_message_id)
-        await stepped(writer, turn, STEPS[:2])
+        await append_steps(writer, turn, STEPS[:2])
         assert await writer.record_step(run_id=run.id), "set-up: record_step returned False"
         turns[name] = (turn, run)
 
@@ -151,21 +131,21 @@ async def test_a_killed_writers_turn_stays_readable_until_swept(open_store, db_c
 
     dead_turn, dead_run = turns["dead"]
     reader = await open_store(name="reader")
-    before = await row(reader, dead_turn)
+    before = await assistant_row(reader, dead_turn)
     assert (before.status, before.content) == ("streaming", STEPS[1]), (
-        f"the dead writer's finished steps are not readable: {describe(before)}"
+        f"the dead writer's finished steps are not readable: {describe_message(before)}"
     )
     live_turn, live_run = turns["live"]
     await db_clock.let_pass(STALE)
     async with db_clock.within(STALE):
-        await stepped(live, live_turn, STEPS[2:])
+        await append_steps(live, live_turn, STEPS[2:])
         assert await live.record_step(run_id=live_run.id)
         swept_messages = await reader.sweep_streaming(older_than=STALE)
         swept_runs = await reader.sweep_runs(older_than=STALE)
 
-    after = await row(reader, dead_turn)
+    after = await assistant_row(reader, dead_turn)
     assert (after.status, after.content) == ("aborted", STEPS[1]), (
-        f"the sweep did not close the dead writer's message, steps kept: {describe(after)}"
+        f"the sweep did not close the dead writer's message, steps kept: {describe_message(after)}"
     )
     dead_after = await reader.latest_run(
         chat_id=dead_turn.chat_id, workspace_id=dead_turn.workspace_id
@@ -181,7 +161,7 @@ async def test_a_killed_writers_turn_stays_readable_until_swept(open_store, db_c
     assert live_after.status in ACTIVE_RUN_STATUSES, (
         f"the sweep aborted the run a live writer kept fresh: {live_after}"
     )
-    assert (await row(reader, live_turn)).status == "streaming", "a live turn was swept"
+    assert (await assistant_row(reader, live_turn)).status == "streaming", "a live turn was swept"
     assert (swept_messages, swept_runs) == (1, 1)
 
 
@@ -190,7 +170,7 @@ async def test_a_killed_writers_turn_stays_readable_until_swept(open_store, db_c
 
 async def streaming_message(store: TurnStore, db_clock: object) -> dict[str, Any]:
     turn = await streaming_turn(store, workspace_id=RACE_WS)
-    return {"message_id": turn.assistant_message_id, "before": await row(store, turn)}
+    return {"message_id": turn.assistant_message_id, "before": await assistant_row(store, turn)}
 
 
 async def landed_whole_or_not_at_all(outcome: RaceOutcome) -> None:
@@ -211,8 +191,8 @@ async def landed_whole_or_not_at_all(outcome: RaceOutcome) -> None:
     else:
         whole = (found.status, found.content, usage) == ("streaming", STEPS[0], [])
     assert whole or untouched, (
-        f"{attempt.describe()}, killed mid-operation, left a partial write: "
-        f"{describe(found, usage)}; expected all of it or none of it"
+        f"{attempt.describe_message()}, killed mid-operation, left a partial write: "
+        f"{describe_message(found, usage)}; expected all of it or none of it"
     )
 
 

@@ -60,3 +60,22 @@ def test_race_only_bug_passes_every_sequential_scenario(
         target=sequential_module,
     )
     assert run.status(requirement_id) == "pass", run.result.stdout.str()
+
+
+def test_a_server_crash_catches_steps_kept_in_memory(pytester, monkeypatch):
+    """The restart scenarios need a server the run owns, so this run starts its own."""
+    monkeypatch.delenv("TURNPROOF_PG_DSN", raising=False)
+    result = pytester.runpytest_inprocess(
+        "--pyargs",
+        "scenarios.test_server_restart",
+        "-p",
+        "no:cacheprovider",
+        "--adapter",
+        "reference_impl.broken:steps_in_memory",
+        "--pg",
+        "embedded",
+        "--requirement",
+        "DUR-1",
+    )
+    result.assert_outcomes(failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED

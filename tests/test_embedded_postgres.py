@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from harness.errors import HarnessError
 from harness.postgres import (
     EmbeddedPostgres,
     PostgresUnavailable,
@@ -27,6 +28,7 @@ from harness.postgres import (
     reap_stale_runs,
 )
 from harness.postgres.binaries import reachable_by, unprivileged_user
+from harness.postgres.databases import DatabaseFactory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -312,3 +314,144 @@ def test_stop_signal_is_a_fast_shutdown():
         assert pg._proc.returncode == 0  # a clean exit: no SIGKILL was needed
     finally:
         conn.close()
+
+
+# --- restart: an immediate shutdown, then the same server again --------------------------
+
+
+def _uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("\nUid:")[1].split()[0])
+
+
+def test_restart_crashes_and_comes_back_with_committed_data_on_the_same_port():
+    with EmbeddedPostgres.start() as pg:
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (note text)")
+            conn.execute("INSERT INTO kept VALUES ('committed just before the crash')")
+        old = psycopg.connect(pg.admin_dsn, autocommit=True)
+        try:
+            started = old.execute("SELECT pg_postmaster_start_time()").fetchone()[0]  # type: ignore[index]
+            port, postmaster, uid = pg.port, pg.pid, _uid(pg.pid)
+            family = _family(postmaster)
+            assert len(family) > 1
+
+            pg.restart()
+
+            assert all(_gone(pid) for pid in family)  # the whole old server, backends too
+            assert (pg.port, pg.admin_dsn) == (
+                port,
+                f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+            )
+            assert pg.pid != postmaster
+            assert pg.running
+            assert _uid(pg.pid) == uid  # the same unprivileged user as the first start
+            with pytest.raises(psycopg.OperationalError):
+                old.execute("SELECT 1")
+            assert old.closed
+        finally:
+            old.close()
+        assert _query(pg.admin_dsn, "SELECT note FROM kept") == "committed just before the crash"
+        assert _query(pg.admin_dsn, "SELECT pg_postmaster_start_time()") > started
+        log = pg.log_path.read_text()
+        assert "received immediate shutdown request" in log  # crash-like: no checkpoint
+        assert "automatic recovery in progress" in log  # the WAL was replayed
+        members = _family(pg.pid)
+        assert len(members) > 1
+    assert all(_gone(pid) for pid in members)
+    assert not pg.run_dir.exists()
+
+
+def test_a_restarted_server_still_dies_with_its_harness(private_tmp_root: Path):
+    # Restarted from a worker thread that then exits (as the pytest fixture does through
+    # anyio.to_thread): the death signal must follow the harness, not that thread.
+    code = (
+        "import json, sys, threading, time\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from harness.postgres import EmbeddedPostgres\n"
+        "pg = EmbeddedPostgres.start()\n"
+        "first = pg.pid\n"
+        "worker = threading.Thread(target=pg.restart)\n"
+        "worker.start()\n"
+        "worker.join()\n"
+        "print(json.dumps({'first': first, 'pid': pg.pid, 'dsn': pg.admin_dsn}), flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    harness = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+        env={**os.environ, "TURNPROOF_PG_TMPDIR": str(private_tmp_root)},
+    )
+    try:
+        ready, _, _ = select.select([harness.stdout], [], [], 60)
+        line = harness.stdout.readline() if ready else b""  # type: ignore[union-attr]
+        assert line, f"the harness child did not start: {harness.stderr.read1().decode()!r}"  # type: ignore[union-attr]
+        started = json.loads(line)
+        assert started["pid"] != started["first"]
+        assert _gone(started["first"])
+        assert _query(started["dsn"], "SELECT 1") == 1  # the worker thread's exit spared it
+        family = _family(started["pid"])
+        assert len(family) > 1
+    finally:
+        harness.kill()
+        harness.wait()
+        harness.stdout.close()  # type: ignore[union-attr]
+        harness.stderr.close()  # type: ignore[union-attr]
+    assert _eventually(lambda: all(_gone(pid) for pid in family))
+    assert len(reap_stale_runs(private_tmp_root)) == 1
+
+
+def test_a_server_that_does_not_come_back_reports_its_log(private_tmp_root: Path):
+    pg = EmbeddedPostgres.start()
+    try:
+        with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
+            # Accepted now, loaded only at the next start, which it then fails.
+            conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'turnproof_no_such_lib'")
+        with pytest.raises(HarnessError) as caught:
+            pg.restart()
+        summary, _, tail = str(caught.value).partition("\n")
+        assert "did not come back after an immediate shutdown" in summary
+        assert f"port {pg.port}" in summary
+        assert "turnproof_no_such_lib" in tail
+        assert len(tail.splitlines()) <= 20
+        assert not pg.running
+    finally:
+        pg.stop()
+    assert not list(private_tmp_root.iterdir())
+
+
+def test_a_stopped_server_cannot_be_restarted():
+    with EmbeddedPostgres.start() as pg:
+        pass
+    with pytest.raises(HarnessError, match="it was stopped"):
+        pg.restart()
+    assert not pg.running
+
+
+def test_the_database_factory_carries_on_across_a_restart():
+    async def install(dsn: str) -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("CREATE TABLE installed (id int)")
+
+    with EmbeddedPostgres.start() as pg:
+        factory = DatabaseFactory(pg.admin_dsn)
+        try:
+            factory.prepare_template(install)
+            before = factory.create()
+            pg.restart()  # the factory's admin connection dies with the server
+
+            after = factory.create()
+            assert _query(after, "SELECT count(*) FROM installed") == 0
+            factory.drop(before)
+            with pytest.raises(psycopg.OperationalError, match="does not exist"):
+                _query(before, "SELECT 1")
+        finally:
+            factory.close()
+        assert (
+            _query(
+                pg.admin_dsn, "SELECT count(*) FROM pg_database WHERE datname LIKE 'turnproof_%'"
+            )
+            == 0
+        )

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params, Query
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from harness.errors import HarnessError
@@ -38,18 +39,14 @@ class DatabaseFactory:
 
     def __init__(self, admin_dsn: str) -> None:
         self._admin_dsn = with_params(admin_dsn, application_name="turnproof-admin")
+        self._shown_dsn = _redacted(admin_dsn)
         self._run_tag = f"{os.getpid()}_{secrets.token_hex(3)}"
         self._template = f"{DATABASE_PREFIX}{self._run_tag}_template"
         self._numbers = itertools.count(1)
         self._live: set[str] = set()
         self._has_template = False
         self.clone_seconds: list[float] = []
-        try:
-            self._admin = psycopg.connect(self._admin_dsn, autocommit=True)
-        except psycopg.Error as exc:
-            raise HarnessError(
-                f"cannot connect to PostgreSQL with {_redacted(admin_dsn)}: {exc}".strip()
-            ) from None
+        self._admin = self._connect()
         # Copying the template's files is ~10x faster than WAL-logging it block by
         # block (PostgreSQL 15+'s default) for databases this small.
         self._strategy = " STRATEGY FILE_COPY" if self._admin.info.server_version >= 150000 else ""
@@ -79,7 +76,7 @@ class DatabaseFactory:
         if probe is not None:
             _run_async(probe, dsn)
         # Nobody may stay connected to a template, or cloning it fails.
-        self._admin.execute(
+        self._run(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = %s AND pid <> pg_backend_pid()",
             (self._template,),
@@ -117,8 +114,34 @@ class DatabaseFactory:
             self._admin.close()
 
     def _execute(self, statement: str, *names: str) -> None:
-        query = sql.SQL(statement).format(*(sql.Identifier(n) for n in names))
-        self._admin.execute(query)
+        self._run(sql.SQL(statement).format(*(sql.Identifier(n) for n in names)))
+
+    def _run(self, query: Query, params: Params | None = None) -> None:
+        """Run on the admin connection, reconnecting once if it died.
+
+        The connection lives as long as the run, and a scenario may restart the
+        server under it (`EmbeddedPostgres.restart`). Only a dead connection is
+        retried, once: its statement found no server, or the crash rolled it
+        back. Any other error, and a failure on the new connection, propagate.
+        """
+        if not self._admin.closed:
+            try:
+                self._admin.execute(query, params)
+                return
+            except psycopg.OperationalError:
+                if not self._admin.closed:
+                    raise
+        self._admin.close()
+        self._admin = self._connect()
+        self._admin.execute(query, params)
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self._admin_dsn, autocommit=True)
+        except psycopg.Error as exc:
+            raise HarnessError(
+                f"cannot connect to PostgreSQL with {self._shown_dsn}: {exc}".strip()
+            ) from None
 
 
 def _run_async(function: Callable[[str], Awaitable[None]], argument: str) -> None:

@@ -32,6 +32,7 @@ from typing import IO
 
 import psycopg
 
+from harness.errors import HarnessError
 from harness.postgres.binaries import (
     RunAs,
     check_bin_dir,
@@ -530,15 +531,19 @@ class EmbeddedPostgres:
                 f"Last lines of its output:\n{_tail(out_path)}"
             )
 
-    def _launch(self) -> None:
+    def _launch(self, *, append_log: bool = False) -> None:
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
             # No socket: TCP is what the harness (and its proxies) use, and a root
             # run dir would not be writable for the server user anyway.
             "unix_socket_directories": "",
+            # No fsync: the machine does not crash in a test, only the server may
+            # (restart()). A commit's WAL is still written out before it is
+            # acknowledged (synchronous_commit on: a write(), no flush to disk),
+            # else an immediate shutdown loses the last commits that returned.
             "fsync": "off",
-            "synchronous_commit": "off",
+            "synchronous_commit": "on",
             "full_page_writes": "off",
             "max_connections": "200",
             "logging_collector": "off",
@@ -549,7 +554,8 @@ class EmbeddedPostgres:
         args = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
         for name, value in settings.items():
             args += ["-c", f"{name}={value}"]
-        with self.log_path.open("wb") as out:
+        # A restart appends: the log then tells the crash and the recovery that followed.
+        with self.log_path.open("ab" if append_log else "wb") as out:
             self._proc = _spawn(args, user=self.user, cwd=self.run_dir, stdout=out, stderr=out)
         self.pid = self._proc.pid
 
@@ -611,6 +617,50 @@ class EmbeddedPostgres:
                     proc.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(STOP_TIMEOUT)
+
+    def restart(self, *, ready_timeout: float = READY_TIMEOUT) -> None:
+        """Crash the server and start it again: same data dir, same port, same user.
+
+        An immediate shutdown (SIGQUIT, as `pg_ctl stop -m immediate`): no
+        checkpoint, every live connection dies, and the next start runs WAL
+        recovery. This is how scenarios prove that what was committed survives
+        the server's crash. Raises HarnessError, with the log's last lines, when
+        the server does not go down or does not come back.
+        """
+        with self._lock:
+            if self._stopped:
+                raise HarnessError(f"cannot restart {self.description}: it was stopped")
+            proc = self._proc
+            if proc is None:
+                raise HarnessError("cannot restart an embedded PostgreSQL that never started")
+            old_pid = proc.pid
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.send_signal(signal.SIGQUIT)
+                try:
+                    # The postmaster exits only after its children (it SIGKILLs
+                    # stragglers itself after 5 s), so nobody holds the shared memory.
+                    proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    raise HarnessError(
+                        f"embedded PostgreSQL (pid {old_pid}) did not exit within "
+                        f"{STOP_TIMEOUT:.0f} s of an immediate shutdown (SIGQUIT). "
+                        f"Last lines of {self.log_path.name}:\n{_tail(self.log_path)}"
+                    ) from None
+            self._launch(append_log=True)
+            outcome = self._wait_ready(ready_timeout)
+            if outcome != "ready":
+                self._halt()
+                why = (
+                    f"exited with code {self._proc.returncode}"  # type: ignore[union-attr]
+                    if outcome == "exited"
+                    else f"did not accept connections within {ready_timeout:.0f} s"
+                )
+                raise HarnessError(
+                    f"embedded PostgreSQL on port {self.port} did not come back after an "
+                    f"immediate shutdown: it {why}. Last lines of {self.log_path.name}:\n"
+                    f"{_tail(self.log_path)}"
+                )
 
     def stop(self) -> None:
         """Stop the server and remove the run directory; idempotent, safe from atexit."""

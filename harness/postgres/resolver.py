@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import psycopg
 
@@ -26,6 +26,22 @@ class PostgresServer(Protocol):
     description: str
 
     def stop(self) -> None: ...
+
+
+@runtime_checkable
+class RestartablePostgres(PostgresServer, Protocol):
+    """A server whose process the harness owns, so it can crash it and start it again.
+
+    Only the embedded server is one (`EmbeddedPostgres.restart`): a --pg-dsn server
+    is the user's to run, and the Docker mode has no restart.
+    """
+
+    def restart(self) -> None: ...
+
+
+def restartable(server: PostgresServer | None) -> RestartablePostgres | None:
+    """The server, if the harness can restart it; None otherwise (or before it started)."""
+    return server if isinstance(server, RestartablePostgres) else None
 
 
 @dataclass
