@@ -30,7 +30,6 @@ RACE_ONLY = [
     ("read_then_write_step", "MSG-4", "scenarios.test_messages"),
     ("check_then_insert_persist", "MSG-1", "scenarios.test_messages"),
     ("check_then_act_begin", "RUN-1", "scenarios.test_runs"),
-    ("begin_skips_claimed_chat", "RUN-3", "scenarios.test_runs"),
 ]
 
 
