@@ -27,9 +27,11 @@ from reference_impl.adapter import ReferenceAdapter
 from reference_impl.schema import ONE_ACTIVE_RUN_INDEX
 from reference_impl.store import (
     BUMP_UPDATED_AT,
+    INSERT_TURN_SQL,
     PgTurnStore,
     check_message_status,
     finished_parts,
+    turn_params,
     usage_params,
 )
 
@@ -105,30 +107,14 @@ class CheckThenInsertPersist(PgTurnStore):
     ) -> str | None:
         if not turn_id:
             return None
-        params = {
-            "chat_id": chat_id,
-            "workspace_id": workspace_id,
-            "turn_id": turn_id,
-            "role": role,
-            "status": status,
-            "content": content,
-            "parts": Jsonb(parts),
-        }
+        params = turn_params(chat_id, workspace_id, turn_id, role, status, content, parts)
         row = await self._one(
             "SELECT id FROM messages WHERE chat_id = %(chat_id)s"
             " AND workspace_id = %(workspace_id)s AND turn_id = %(turn_id)s AND role = %(role)s",
             params,
         )
         if row is None:
-            row = await self._one(
-                """
-                INSERT INTO messages (chat_id, workspace_id, role, turn_id, status, content, parts)
-                SELECT id, workspace_id, %(role)s, %(turn_id)s, %(status)s, %(content)s, %(parts)s
-                  FROM chats WHERE id = %(chat_id)s AND workspace_id = %(workspace_id)s
-                RETURNING id
-                """,
-                params,
-            )
+            row = await self._one(INSERT_TURN_SQL + " RETURNING id", params)
         return row["id"] if row else None
 
 
@@ -357,21 +343,8 @@ class InsertOnlyPersist(PgTurnStore):
         if not turn_id:
             return None
         row = await self._one(
-            """
-            INSERT INTO messages (chat_id, workspace_id, role, turn_id, status, content, parts)
-            SELECT id, workspace_id, %(role)s, %(turn_id)s, %(status)s, %(content)s, %(parts)s
-              FROM chats WHERE id = %(chat_id)s AND workspace_id = %(workspace_id)s
-            RETURNING id
-            """,
-            {
-                "chat_id": chat_id,
-                "workspace_id": workspace_id,
-                "turn_id": turn_id,
-                "role": role,
-                "status": status,
-                "content": content,
-                "parts": psycopg.types.json.Jsonb(parts),
-            },
+            INSERT_TURN_SQL + " RETURNING id",
+            turn_params(chat_id, workspace_id, turn_id, role, status, content, parts),
         )
         return row["id"] if row else None
 
@@ -403,7 +376,7 @@ class StepInTwoStatements(PgTurnStore):
             "message_id": message_id,
             "workspace_id": workspace_id,
             "content": content,
-            "parts": psycopg.types.json.Jsonb(parts),
+            "parts": Jsonb(parts),
         }
         changed = await self._changed(
             f"UPDATE messages SET content = %(content)s, updated_at = {BUMP_UPDATED_AT} {guard}",

@@ -86,6 +86,35 @@ def usage_params(usage: UsageIn | None) -> dict[str, Any]:
     return {"with_usage": True, **asdict(usage)}
 
 
+INSERT_TURN_SQL = """
+    INSERT INTO messages (chat_id, workspace_id, role, turn_id, status, content, parts)
+    SELECT id, workspace_id, %(role)s, %(turn_id)s, %(status)s, %(content)s, %(parts)s
+      FROM chats WHERE id = %(chat_id)s AND workspace_id = %(workspace_id)s
+"""
+"""A turn's row, only in a chat of this workspace (MSG-9); callers add the conflict clause."""
+
+
+def turn_params(
+    chat_id: str,
+    workspace_id: str,
+    turn_id: str,
+    role: str,
+    status: str,
+    content: str,
+    parts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The parameters of INSERT_TURN_SQL (and of looking the turn's row up)."""
+    return {
+        "chat_id": chat_id,
+        "workspace_id": workspace_id,
+        "turn_id": turn_id,
+        "role": role,
+        "status": status,
+        "content": content,
+        "parts": Jsonb(parts),
+    }
+
+
 class PgTurnStore:
     """One replica's store: one autocommit connection, opened with the DSN exactly as given
     (so its application_name, which the harness uses to find and cut it, is kept).
@@ -197,23 +226,11 @@ class PgTurnStore:
         """
         if not turn_id:
             return None  # no idempotency key, no row (MSG-2)
-        params = {
-            "chat_id": chat_id,
-            "workspace_id": workspace_id,
-            "turn_id": turn_id,
-            "role": role,
-            "status": status,
-            "content": content,
-            "parts": Jsonb(parts),
-        }
+        params = turn_params(chat_id, workspace_id, turn_id, role, status, content, parts)
         row = await self._one(
-            """
-            INSERT INTO messages (chat_id, workspace_id, role, turn_id, status, content, parts)
-            SELECT id, workspace_id, %(role)s, %(turn_id)s, %(status)s, %(content)s, %(parts)s
-              FROM chats WHERE id = %(chat_id)s AND workspace_id = %(workspace_id)s
-            ON CONFLICT (chat_id, turn_id, role) WHERE turn_id IS NOT NULL DO NOTHING
-            RETURNING id
-            """,
+            INSERT_TURN_SQL
+            + " ON CONFLICT (chat_id, turn_id, role) WHERE turn_id IS NOT NULL DO NOTHING"
+            + " RETURNING id",
             params,
         )
         if row is None:  # the turn already exists, or there is no such chat here

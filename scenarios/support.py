@@ -19,14 +19,17 @@ from harness.race import Op, given
 
 __all__ = [
     "ACTIVE_RUN_STATUSES",
+    "FINAL",
     "NO_TEXT_PART",
     "RACE_WS",
     "SKEW",
     "STALE",
+    "STEPS",
     "TERMINAL_MESSAGE_STATUSES",
     "TERMINAL_RUN_STATUSES",
     "USAGE_A",
     "USAGE_B",
+    "ConfirmedWrites",
     "Turn",
     "append_steps",
     "assert_not_run_already_active",
@@ -219,3 +222,48 @@ async def append_steps(store: TurnStore, turn: Turn, steps: tuple[str, ...]) -> 
 def describe_message(message: Message, usage: list[Usage] | None = None) -> str:
     shown = f"status {message.status!r}, content {message.content!r}"
     return shown if usage is None else f"{shown}, usage {[usage_values(u) for u in usage]}"
+
+
+STEPS = ("the first step", "the first step, the second", "the first step, the second, a third")
+"""Successive step contents of one streaming turn (each step carries the text so far)."""
+
+FINAL = "the final answer"
+
+
+@dataclass(frozen=True)
+class ConfirmedWrites:
+    """A turn streaming STEPS and one finalized to FINAL with USAGE_A, every write confirmed
+    True: what DUR-1 says must survive the writer's death or the server's."""
+
+    streaming: Turn
+    finished: Turn
+
+    @classmethod
+    async def make(cls, writer: TurnStore) -> ConfirmedWrites:
+        streaming = await streaming_turn(writer)
+        await append_steps(writer, streaming, STEPS)
+        finished = await streaming_turn(writer)
+        assert await writer.finalize(
+            message_id=finished.assistant_message_id,
+            workspace_id=finished.workspace_id,
+            status="completed",
+            content=FINAL,
+            parts=text_parts(FINAL),
+            usage=USAGE_A,
+        ), "set-up: finalize of a live streaming row returned False"
+        return cls(streaming, finished)
+
+    async def assert_survived(self, reader: TurnStore, death: str) -> None:
+        after = await assistant_row(reader, self.streaming)
+        assert (after.status, after.content, after.parts) == (
+            "streaming",
+            STEPS[-1],
+            text_parts(STEPS[-1]),
+        ), f"confirmed steps did not survive {death}: {describe_message(after)}"
+        done = await assistant_row(reader, self.finished)
+        usage = await reader.usage_for(message_id=self.finished.assistant_message_id)
+        assert (done.status, done.content, [usage_values(u) for u in usage]) == (
+            "completed",
+            FINAL,
+            [usage_values(USAGE_A)],
+        ), f"a confirmed finalize did not survive {death}: {describe_message(done, usage)}"

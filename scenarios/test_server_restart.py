@@ -24,20 +24,17 @@ from harness.postgres.databases import with_params
 from .support import (
     ACTIVE_RUN_STATUSES,
     STALE,
-    USAGE_A,
+    STEPS,
+    ConfirmedWrites,
     append_steps,
     assistant_row,
     describe_error,
     describe_message,
     streaming_turn,
     text_parts,
-    usage_values,
 )
 
 pytestmark = pytest.mark.anyio
-
-STEPS = ("the first step", "the first step, the second", "the first step, the second, a third")
-FINAL = "the final answer"
 
 
 async def postmaster_started(dsn: str) -> datetime:
@@ -67,34 +64,11 @@ async def crash_server(restart: Callable[[], Awaitable[None]], dsn: str) -> None
 async def test_what_returned_true_survives_a_server_crash(open_store, turn_dsn, restart_postgres):
     """Steps and a finalize that returned True are all there after the server crashed."""
     writer = await open_store(name="writer")
-    streaming = await streaming_turn(writer)
-    await append_steps(writer, streaming, STEPS)
-    finished = await streaming_turn(writer)
-    assert await writer.finalize(
-        message_id=finished.assistant_message_id,
-        workspace_id=finished.workspace_id,
-        status="completed",
-        content=FINAL,
-        parts=text_parts(FINAL),
-        usage=USAGE_A,
-    ), "set-up: finalize of a live streaming row returned False"
+    writes = await ConfirmedWrites.make(writer)
 
     await crash_server(restart_postgres, turn_dsn)
 
-    reader = await open_store(name="reader")
-    after = await assistant_row(reader, streaming)
-    assert (after.status, after.content, after.parts) == (
-        "streaming",
-        STEPS[-1],
-        text_parts(STEPS[-1]),
-    ), f"confirmed steps did not survive the server's crash: {describe_message(after)}"
-    done = await assistant_row(reader, finished)
-    usage = await reader.usage_for(message_id=finished.assistant_message_id)
-    assert (done.status, done.content, [usage_values(u) for u in usage]) == (
-        "completed",
-        FINAL,
-        [usage_values(USAGE_A)],
-    ), f"the finalize that returned True did not survive the crash: {describe_message(done, usage)}"
+    await writes.assert_survived(await open_store(name="reader"), "the server's crash")
 
 
 @pytest.mark.requirement("DUR-3")

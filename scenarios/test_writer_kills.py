@@ -19,9 +19,12 @@ from harness.driver import DriverExited, DriverStore
 from harness.race import Op, Produced, Race, RaceOutcome
 from scenarios.support import (
     ACTIVE_RUN_STATUSES,
+    FINAL,
     RACE_WS,
     STALE,
+    STEPS,
     USAGE_A,
+    ConfirmedWrites,
     Turn,
     append_steps,
     assistant_row,
@@ -29,14 +32,10 @@ from scenarios.support import (
     finalize_op,
     step_op,
     streaming_turn,
-    text_parts,
     usage_values,
 )
 
 pytestmark = pytest.mark.anyio
-
-STEPS = ("the first step", "the first step, the second", "the first step, the second, a third")
-FINAL = "the final answer"
 
 
 async def killed(writer: TurnStore) -> None:
@@ -55,34 +54,11 @@ async def killed(writer: TurnStore) -> None:
 async def test_what_returned_true_survives_the_writers_death(open_store):
     """Steps and a finalize that returned True are all there after the writer is killed."""
     writer = await open_store(name="writer", own_process=True)
-    streaming = await streaming_turn(writer)
-    await append_steps(writer, streaming, STEPS)
-    finished = await streaming_turn(writer)
-    assert await writer.finalize(
-        message_id=finished.assistant_message_id,
-        workspace_id=finished.workspace_id,
-        status="completed",
-        content=FINAL,
-        parts=text_parts(FINAL),
-        usage=USAGE_A,
-    ), "set-up: finalize of a live streaming row returned False"
+    writes = await ConfirmedWrites.make(writer)
 
     await killed(writer)
 
-    reader = await open_store(name="reader")
-    after = await assistant_row(reader, streaming)
-    assert (after.status, after.content, after.parts) == (
-        "streaming",
-        STEPS[-1],
-        text_parts(STEPS[-1]),
-    ), f"confirmed steps did not survive the writer's death: {describe_message(after)}"
-    done = await assistant_row(reader, finished)
-    usage = await reader.usage_for(message_id=finished.assistant_message_id)
-    assert (done.status, done.content, [usage_values(u) for u in usage]) == (
-        "completed",
-        FINAL,
-        [usage_values(USAGE_A)],
-    ), f"a confirmed finalize did not survive its writer: {describe_message(done, usage)}"
+    await writes.assert_survived(await open_store(name="reader"), "the writer's death")
 
 
 # RUN-5 and DUR-3/RUN-7: what the dead left open ------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -31,6 +33,35 @@ from harness.postgres.binaries import reachable_by, unprivileged_user
 from harness.postgres.databases import DatabaseFactory
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def _killed_harness(started_code: str, tmp_root: Path) -> Iterator[dict[str, Any]]:
+    """A harness process that starts an embedded server, runs `started_code` (which prints
+    one JSON line), and is SIGKILLed when the block ends: no atexit, no finally runs in it."""
+    code = (
+        "import json, sys, threading, time\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from harness.postgres import EmbeddedPostgres\n"
+        "pg = EmbeddedPostgres.start()\n" + started_code + "time.sleep(300)\n"
+    )
+    harness = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+        env={**os.environ, "TURNPROOF_PG_TMPDIR": str(tmp_root)},
+    )
+    try:
+        ready, _, _ = select.select([harness.stdout], [], [], 60)
+        line = harness.stdout.readline() if ready else b""  # type: ignore[union-attr]
+        assert line, f"the harness child did not start: {harness.stderr.read1().decode()!r}"  # type: ignore[union-attr]
+        yield json.loads(line)
+    finally:
+        harness.kill()
+        harness.wait()
+        harness.stdout.close()  # type: ignore[union-attr]
+        harness.stderr.close()  # type: ignore[union-attr]
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -128,35 +159,12 @@ def test_stop_twice_is_harmless():
 
 
 def test_sigkilled_harness_leaves_no_server_and_its_run_dir_is_reaped(private_tmp_root: Path):
-    code = (
-        "import json, sys, time\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from harness.postgres import EmbeddedPostgres\n"
-        "pg = EmbeddedPostgres.start()\n"
-        "print(json.dumps({'pid': pg.pid, 'run_dir': str(pg.run_dir)}), flush=True)\n"
-        "time.sleep(300)\n"
-    )
-    harness = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd="/",
-        env={**os.environ, "TURNPROOF_PG_TMPDIR": str(private_tmp_root)},
-    )
-    try:
-        ready, _, _ = select.select([harness.stdout], [], [], 60)
-        line = harness.stdout.readline() if ready else b""  # type: ignore[union-attr]
-        assert line, f"the harness child did not start: {harness.stderr.read1().decode()!r}"  # type: ignore[union-attr]
-        started = json.loads(line)
+    started_code = "print(json.dumps({'pid': pg.pid, 'run_dir': str(pg.run_dir)}), flush=True)\n"
+    with _killed_harness(started_code, private_tmp_root) as started:
         postmaster, run_dir = started["pid"], Path(started["run_dir"])
         assert run_dir.parent == private_tmp_root
         family = _family(postmaster)
         assert len(family) > 1
-    finally:
-        harness.kill()  # SIGKILL: no atexit, no finally, nothing runs in the harness
-        harness.wait()
-        harness.stdout.close()  # type: ignore[union-attr]
-        harness.stderr.close()  # type: ignore[union-attr]
 
     # PR_SET_PDEATHSIG, not the reaper below, ends the server and its backends.
     assert _eventually(lambda: all(_gone(pid) for pid in family))
@@ -365,40 +373,19 @@ def test_restart_crashes_and_comes_back_with_committed_data_on_the_same_port():
 def test_a_restarted_server_still_dies_with_its_harness(private_tmp_root: Path):
     # Restarted from a worker thread that then exits (as the pytest fixture does through
     # anyio.to_thread): the death signal must follow the harness, not that thread.
-    code = (
-        "import json, sys, threading, time\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from harness.postgres import EmbeddedPostgres\n"
-        "pg = EmbeddedPostgres.start()\n"
+    started_code = (
         "first = pg.pid\n"
         "worker = threading.Thread(target=pg.restart)\n"
         "worker.start()\n"
         "worker.join()\n"
         "print(json.dumps({'first': first, 'pid': pg.pid, 'dsn': pg.admin_dsn}), flush=True)\n"
-        "time.sleep(300)\n"
     )
-    harness = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd="/",
-        env={**os.environ, "TURNPROOF_PG_TMPDIR": str(private_tmp_root)},
-    )
-    try:
-        ready, _, _ = select.select([harness.stdout], [], [], 60)
-        line = harness.stdout.readline() if ready else b""  # type: ignore[union-attr]
-        assert line, f"the harness child did not start: {harness.stderr.read1().decode()!r}"  # type: ignore[union-attr]
-        started = json.loads(line)
+    with _killed_harness(started_code, private_tmp_root) as started:
         assert started["pid"] != started["first"]
         assert _gone(started["first"])
         assert _query(started["dsn"], "SELECT 1") == 1  # the worker thread's exit spared it
         family = _family(started["pid"])
         assert len(family) > 1
-    finally:
-        harness.kill()
-        harness.wait()
-        harness.stdout.close()  # type: ignore[union-attr]
-        harness.stderr.close()  # type: ignore[union-attr]
     assert _eventually(lambda: all(_gone(pid) for pid in family))
     assert len(reap_stale_runs(private_tmp_root)) == 1
 
