@@ -482,11 +482,7 @@ class EmbeddedPostgres:
                 self._log(f"turnproof: port {self.port} was taken meanwhile; trying another")
                 continue
             self._halt()
-            why = (
-                f"exited with code {self._proc.returncode}"  # type: ignore[union-attr]
-                if outcome == "exited"
-                else f"did not accept connections within {ready_timeout:.0f} s"
-            )
+            why = self._not_ready(outcome, ready_timeout)
             raise PostgresUnavailable(
                 f"embedded PostgreSQL ({self.bin_dir}) {why}; {INSTALL_HINT}. "
                 f"Last lines of {self.log_path.name}:\n{_tail(self.log_path)}"
@@ -602,6 +598,12 @@ class EmbeddedPostgres:
                 return "timeout"
             time.sleep(0.02)
 
+    def _not_ready(self, outcome: str, ready_timeout: float) -> str:
+        """Why a start (or restart) failed, from what `_wait_ready` saw."""
+        if outcome == "exited":
+            return f"exited with code {self._proc.returncode}"  # type: ignore[union-attr]
+        return f"did not accept connections within {ready_timeout:.0f} s"
+
     def _halt(self) -> None:
         """Fast shutdown (SIGINT), SIGKILL after STOP_TIMEOUT, and reap the process."""
         proc = self._proc
@@ -651,11 +653,7 @@ class EmbeddedPostgres:
             outcome = self._wait_ready(ready_timeout)
             if outcome != "ready":
                 self._halt()
-                why = (
-                    f"exited with code {self._proc.returncode}"  # type: ignore[union-attr]
-                    if outcome == "exited"
-                    else f"did not accept connections within {ready_timeout:.0f} s"
-                )
+                why = self._not_ready(outcome, ready_timeout)
                 raise HarnessError(
                     f"embedded PostgreSQL on port {self.port} did not come back after an "
                     f"immediate shutdown: it {why}. Last lines of {self.log_path.name}:\n"
