@@ -1,9 +1,27 @@
-"""Errors that are the harness's own, never a verdict on the implementation under test."""
+"""The harness's one error tree: every exception the harness raises sits below TurnproofError.
+
+Classification of a scenario's outcome follows the tree:
+
+- `UsageError`: the user's set-up (bad option, unreachable server, an adapter that
+  cannot even be installed): one line, exit 2, before any verdict;
+- `HarnessError`: the harness could not do or prove something (proxy, gate, engine,
+  PostgreSQL, a scenario's premise): no verdict, reported apart from failures;
+- `ImplementationFailure`: the implementation under test broke the contract (it is an
+  AssertionError too, so plain `assert`s in scenarios are the same branch).
+"""
 
 from __future__ import annotations
 
 
-class HarnessError(Exception):
+class TurnproofError(Exception):
+    """Base of every exception the harness raises on purpose."""
+
+
+class UsageError(TurnproofError):
+    """The user's set-up is wrong: reported as one line, exit code 2."""
+
+
+class HarnessError(TurnproofError):
     """Something the harness could not do or could not prove; reported apart from failures."""
 
 
@@ -13,3 +31,7 @@ class ScenarioPremiseError(HarnessError):
     Judging the implementation on a premise that did not hold would turn a slow
     machine into a wrong verdict, so the scenario stops here instead.
     """
+
+
+class ImplementationFailure(TurnproofError, AssertionError):
+    """The implementation under test broke a requirement: the one branch that is a FAIL."""

@@ -6,8 +6,8 @@ nothing is imported from the adapter and no server starts until a fixture
 asks for one.
 
 Public fixtures: `adapter`, `turn_dsn`, `store`, `open_store` (also in a process of its own,
-to kill), `db_clock`, `race_engine`, and `faulty_store` and `restart_postgres` from the
-sibling plugins harness.network_faults and harness.server_restart.
+to kill), `db_clock`, and `faulty_store`, `restart_postgres` and `race_engine` from the
+sub-plugins harness.network_faults, harness.server_restart and harness.race.pytest_plugin.
 Markers: `requirement(*ids)`, `capability(*names)`.
 """
 
@@ -39,7 +39,6 @@ from harness.errors import HarnessError
 from harness.postgres.databases import DatabaseFactory, with_params
 from harness.postgres.resolver import PG_MODES, PostgresServer, start_postgres
 from harness.proxy.server import RunningProxyServer
-from harness.race.engine import RaceEngine
 from harness.requirements import REQUIREMENTS
 
 USAGE_ERROR = 2
@@ -178,7 +177,7 @@ class TurnproofRun:
 
 _RUN = pytest.StashKey[TurnproofRun]()
 
-pytest_plugins = ["harness.network_faults", "harness.server_restart"]
+pytest_plugins = ["harness.network_faults", "harness.server_restart", "harness.race.pytest_plugin"]
 
 
 def turnproof_run(config: pytest.Config) -> TurnproofRun:
@@ -206,30 +205,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="ID",
         help="run only the scenarios tagged with this requirement ID (repeatable, or "
         "comma-separated: --requirement MSG-4,RUN-1)",
-    )
-    group.addoption(
-        "--race-schedule",
-        dest="race_schedule",
-        default=None,
-        metavar="A,B,...",
-        help="run race scenarios under this one schedule only (the rerun line of a failure "
-        "prints it): actor names, one per step, or cut:NAME / terminate:NAME",
-    )
-    group.addoption(
-        "--race-sample",
-        dest="race_sample",
-        type=int,
-        default=200,
-        metavar="N",
-        help="explore every interleaving up to N of them, else a seeded sample of N (default 200)",
-    )
-    group.addoption(
-        "--race-seed",
-        dest="race_seed",
-        type=int,
-        default=0,
-        metavar="SEED",
-        help="seed of the sampled interleavings (printed in each failure's rerun line)",
     )
     group.addoption(
         "--turnproof-json",
@@ -453,38 +428,6 @@ async def open_store(
 async def store(open_store: Callable[..., Awaitable[TurnStore]]) -> TurnStore:
     """One replica connected to the test's database."""
     return await open_store(name="scenario")
-
-
-@pytest.fixture
-def race_engine(request: pytest.FixtureRequest, adapter: Adapter) -> RaceEngine:
-    """Forces interleavings of actors' operations: `await race_engine.explore(race)`.
-
-    Statement level through the harness's proxies when the adapter declares
-    `network`, operation level otherwise.
-    """
-    run: TurnproofRun = request.config.stash[_RUN]
-    factory = request.getfixturevalue("_turnproof_databases")
-    schedule = request.config.getoption("race_schedule")
-    seed = request.config.getoption("race_seed")
-    item = request.node
-
-    def rerun(failed: tuple[str, ...]) -> str:
-        target = scenario_id(item)
-        return (
-            f"rerun: pytest -p no:cacheprovider --pyargs '{target}' {run.adapter_option} "
-            f"--race-schedule '{','.join(failed)}'"
-        )
-
-    return RaceEngine(
-        adapter,
-        factory,
-        run.proxies() if "network" in adapter.capabilities else None,
-        process_adapter=run.process_adapter,
-        forced_schedule=tuple(schedule.split(",")) if schedule else None,
-        sample=request.config.getoption("race_sample"),
-        seed=seed,
-        rerun=rerun,
-    )
 
 
 @pytest.fixture
