@@ -12,14 +12,15 @@ import inspect
 from importlib.metadata import entry_points
 
 from harness.contract import STORE_OPERATIONS, Adapter, TurnStore
+from harness.errors import UsageError
 from harness.requirements import CAPABILITIES
 
 ENTRY_POINT_GROUP = "turnproof.adapters"
 DEFAULT_ADAPTER = "reference"
 
 
-class AdapterLoadError(Exception):
-    """The adapter spec does not lead to a usable Adapter."""
+class AdapterLoadError(UsageError):
+    """The adapter spec does not lead to a usable Adapter: the user's set-up, exit 2."""
 
 
 def load_adapter(spec: str | None) -> Adapter:

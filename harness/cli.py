@@ -20,13 +20,16 @@ import pytest
 
 from harness.adapter_loading import DEFAULT_ADAPTER, AdapterLoadError, load_adapter
 from harness.postgres.resolver import PG_MODES
+from harness.proxy.cli import add_commands as add_proxy_commands
+from harness.proxy.cli import run as run_proxy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _PYTEST_TO_CLI = {
     pytest.ExitCode.OK: EXIT_OK,
     pytest.ExitCode.TESTS_FAILED: EXIT_FAILED,
     pytest.ExitCode.USAGE_ERROR: EXIT_USAGE,
-    # The plugin ends a run with code 2 on setup errors; a real Ctrl-C is seen by _RunWatcher.
+    # pytest's code 2 is also the plugin's usage exit (pytest.exit(..., 2)); a real Ctrl-C
+    # is told apart by _RunWatcher, which sees the KeyboardInterrupt itself.
     pytest.ExitCode.INTERRUPTED: EXIT_USAGE,
     pytest.ExitCode.NO_TESTS_COLLECTED: EXIT_USAGE,
 }
@@ -70,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--junitxml", type=Path, help="write JUnit XML results to this path")
     run.add_argument("--json", type=Path, help="write the matrix and verdict as JSON to this path")
     run.add_argument(
+        "--html",
+        type=Path,
+        help="write a self-contained HTML report (matrix, failures, race timelines) to this path",
+    )
+    run.add_argument(
         "--requirement",
         action="append",
         default=[],
@@ -79,16 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-k", dest="keyword", help="only scenarios matching this pytest -k expression")
     run.add_argument("-v", "--verbose", action="store_true", help="one line per scenario")
     run.add_argument(
+        "-n",
+        "--numprocesses",
+        metavar="N",
+        help="run the scenarios in N pytest-xdist workers (or 'auto'); each worker has its "
+        "own PostgreSQL, the matrix is the same as a serial run's",
+    )
+    run.add_argument(
+        "--operation-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="bound on each in-process adapter call: install(), connect(), every operation "
+        "(default 30) [TURNPROOF_OPERATION_TIMEOUT]",
+    )
+    run.add_argument(
         "pytest_args",
         nargs=argparse.REMAINDER,
         help="after '--': extra arguments passed to pytest unchanged",
     )
     proxy = commands.add_parser(
         "proxy",
-        add_help=False,
         help="the Toxiproxy-compatible proxy server: turnproof proxy serve [--help]",
+        description="Toxiproxy-compatible proxy server of the harness.",
     )
-    proxy.add_argument("proxy_args", nargs=argparse.REMAINDER)
+    add_proxy_commands(proxy)
     bench = commands.add_parser(
         "bench", help="benchmarks (figures, not tests): " + ", ".join(BENCHMARKS)
     )
@@ -101,6 +123,7 @@ BENCHMARKS = {
     "driver": "harness.driver.benchmark",
     "proxy": "harness.proxy.benchmark",
     "race": "harness.race.benchmark",
+    "writer": "harness.stream_writer_benchmark",
 }
 
 
@@ -109,15 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return run_suite(args)
     if args.command == "proxy":
-        from harness.proxy.cli import main as proxy_main
-
-        return proxy_main(args.proxy_args)
+        return run_proxy(args)
     if args.command == "bench":
         return importlib.import_module(BENCHMARKS[args.benchmark]).main(args.bench_args)
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
 def run_suite(args: argparse.Namespace) -> int:
+    _put_working_directory_on_path()
     try:
         if args.adapter_cmd:
             from harness.driver.client import DriverAdapter
@@ -142,10 +164,16 @@ def run_suite(args: argparse.Namespace) -> int:
         pytest_args += ["--junitxml", str(args.junitxml)]
     if args.json:
         pytest_args += ["--turnproof-json", str(args.json)]
+    if args.html:
+        pytest_args += ["--turnproof-html", str(args.html)]
     for requirement_id in args.requirement:
         pytest_args += ["--requirement", requirement_id]
     if args.keyword:
         pytest_args += ["-k", args.keyword]
+    if args.numprocesses:
+        pytest_args += ["-p", "xdist", "-n", args.numprocesses]
+    if args.operation_timeout is not None:
+        pytest_args += ["--operation-timeout", str(args.operation_timeout)]
     pytest_args.append("-v" if args.verbose else "-q")
     pytest_args += [a for a in args.pytest_args if a != "--"]
     watcher = _RunWatcher()
@@ -154,11 +182,21 @@ def run_suite(args: argparse.Namespace) -> int:
         code = pytest.main(pytest_args, plugins=[watcher])
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if watcher.interrupted:
-        return EXIT_INTERRUPTED
     if watcher.verdict_line:
         print(watcher.verdict_line)
+    if watcher.interrupted:
+        return EXIT_INTERRUPTED
     return _PYTEST_TO_CLI.get(code, EXIT_FAILED)
+
+
+def _put_working_directory_on_path() -> None:
+    """Import adapters from the directory the command runs in, as `python -m pytest` does,
+    here and in every process the run starts (xdist workers, Python worker processes)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    inherited = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([cwd, inherited] if inherited else [cwd])
 
 
 class _RunWatcher:
@@ -168,8 +206,10 @@ class _RunWatcher:
         self.interrupted = False
         self.verdict_line = ""
 
-    def pytest_keyboard_interrupt(self) -> None:
-        self.interrupted = True
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        from harness.pytest_plugin.verdicts import is_user_interrupt
+
+        self.interrupted = self.interrupted or is_user_interrupt(excinfo)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

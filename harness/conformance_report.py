@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.requirements import (
     CATALOG,
@@ -22,6 +23,7 @@ from harness.requirements import (
 
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
 NOT_COVERED, NOT_RUN, NOT_DECLARED = "not covered", "not run", "not declared"
+NOT_REACHED = "not reached"
 
 
 @dataclass
@@ -30,6 +32,27 @@ class ScenarioOutcome:
     requirement_ids: tuple[str, ...]
     outcome: str
     reason: str = ""
+    """Why it did not pass, in one line (a skip's reason, a failure's first line)."""
+    rerun: str = ""
+    """For a failing race: the command that reruns exactly its interleaving."""
+    duration: float = 0.0
+    """Seconds, set-up and tear-down included."""
+    timeline: dict[str, Any] | None = None
+    """For a race: the failing (or, when it passed, the last) interleaving, as
+    harness.report.timeline.Timeline.to_json() draws it."""
+    explored: str = ""
+    """For a race: what its exploration covered, in one line."""
+
+
+@dataclass
+class FailedScenario:
+    """A failing or erroring scenario as the JSON reports it: no scraping of pytest's output."""
+
+    scenario: str
+    requirements: list[str]
+    outcome: str
+    reason: str
+    rerun: str
 
 
 @dataclass
@@ -63,6 +86,11 @@ class ConformanceReport:
     rows: list[RequirementRow]
     verdict: Verdict
     complete_run: bool
+    interrupted: bool = False
+    failures: list[FailedScenario] = field(default_factory=list)
+    scenarios: list[ScenarioOutcome] = field(default_factory=list)
+    run: dict[str, Any] = field(default_factory=dict)
+    """How the run went: seconds, exit_status, turnproof's version (set at its end)."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -80,7 +108,11 @@ class ConformanceReport:
             "",
             f"{'ID':<7} {'result':<12} {'scenarios':<10} requirement",
         ]
-        shown = self.rows if self.complete_run else [r for r in self.rows if r.scenarios]
+        shown = (
+            self.rows
+            if self.complete_run
+            else [r for r in self.rows if r.scenarios or r.status == NOT_REACHED]
+        )
         for row in shown:
             counts = _counts(row)
             detail = row.text if row.status in (PASS, FAIL, ERROR) else f"{row.text} [{row.reason}]"
@@ -100,21 +132,45 @@ def build_report(
     capabilities: frozenset[str],
     postgres: str,
     complete_run: bool,
+    interrupted: bool = False,
+    selected: set[str] | None = None,
 ) -> ConformanceReport:
+    """The matrix of these outcomes. `selected`: the requirement IDs whose scenarios were
+    selected (None: not known, as when pytest-xdist workers were interrupted); a selected
+    requirement with no outcome was not reached."""
+    outcomes = list(outcomes)
     by_id: dict[str, list[ScenarioOutcome]] = {}
     for outcome in outcomes:
         for requirement_id in outcome.requirement_ids:
             by_id.setdefault(requirement_id, []).append(outcome)
     rows = [_row(r, by_id.get(r.id, []), capabilities) for r in CATALOG]
+    for row in rows:
+        chosen = row.id in selected if selected is not None else interrupted
+        if row.status == NOT_RUN and chosen:
+            row.status, row.reason = NOT_REACHED, _not_reached_reason(interrupted)
+    failures = [
+        FailedScenario(o.nodeid, list(o.requirement_ids), o.outcome, o.reason, o.rerun)
+        for o in outcomes
+        if o.outcome in (FAIL, ERROR)
+    ]
     return ConformanceReport(
         adapter_name=adapter_name,
         adapter_spec=adapter_spec,
         capabilities=sorted(capabilities),
         postgres=postgres,
         rows=rows,
-        verdict=_verdict(rows, adapter_name, capabilities, complete_run),
+        verdict=_verdict(rows, adapter_name, capabilities, complete_run, interrupted),
         complete_run=complete_run,
+        interrupted=interrupted,
+        failures=failures,
+        scenarios=sorted(outcomes, key=lambda o: o.nodeid),
     )
+
+
+def _not_reached_reason(interrupted: bool) -> str:
+    if interrupted:
+        return "selected, not reached: the run was interrupted"
+    return "selected, not reached: its scenarios never reported (a worker died?)"
 
 
 def _row(
@@ -160,38 +216,60 @@ def _row(
 
 
 def _verdict(
-    rows: list[RequirementRow], adapter: str, capabilities: frozenset[str], complete_run: bool
+    rows: list[RequirementRow],
+    adapter: str,
+    capabilities: frozenset[str],
+    complete_run: bool,
+    interrupted: bool,
 ) -> Verdict:
+    """`ok` only when nothing declared failed, errored or went unproven; `conforming` only
+    for a whole, uninterrupted run that passed with every core capability declared."""
     declared = [r for r in rows if r.status != NOT_DECLARED]
     failed = [r.id for r in declared if r.status == FAIL]
     errors = [r.id for r in declared if r.status == ERROR]
+    unreached = [r.id for r in declared if r.status == NOT_REACHED]
     unproven = [r.id for r in declared if r.status in (SKIP, NOT_RUN)]
     passed = [r.id for r in declared if r.status == PASS]
     uncovered = [r.id for r in declared if r.status == NOT_COVERED]
     missing_core = sorted(CORE_CAPABILITIES - capabilities)
-    conforming = not missing_core
-    scope = (
-        "a conforming implementation"
-        if conforming
-        else f"NOT a conforming implementation (lacks {', '.join(missing_core)}); "
-        "certified on its declared capabilities only"
-    )
     if failed:
-        return Verdict(False, conforming, f"FAIL: {adapter!r} breaks {', '.join(failed)}")
+        return Verdict(False, False, f"FAIL: {adapter!r} breaks {', '.join(failed)}")
     if errors:
         return Verdict(
-            False, conforming, f"HARNESS ERROR: no verdict for {', '.join(errors)} (see above)"
+            False, False, f"HARNESS ERROR: no verdict for {', '.join(errors)} (see above)"
         )
+    if interrupted:
+        return Verdict(
+            False,
+            False,
+            f"INCOMPLETE: the run was interrupted; {len(passed)} requirements passed, "
+            f"{len(unreached)} not reached ({', '.join(unreached) or 'none'}); no verdict",
+        )
+    if unreached:
+        return Verdict(False, False, f"INCOMPLETE: {', '.join(unreached)} selected but not reached")
     if unproven and complete_run:
         return Verdict(
-            False, conforming, f"INCOMPLETE: {', '.join(unproven)} did not pass a single scenario"
+            False, False, f"INCOMPLETE: {', '.join(unproven)} did not pass a single scenario"
         )
     note = f"; not covered by this suite yet: {', '.join(uncovered)}" if uncovered else ""
-    partial = "" if complete_run else " (partial selection)"
+    if not complete_run:
+        return Verdict(
+            True,
+            False,
+            f"PASS (partial selection): {adapter!r} passes the {len(passed)} requirements "
+            "selected; not a conformance verdict (run the whole suite for one)",
+        )
+    if missing_core:
+        scope = (
+            f"NOT a conforming implementation (lacks {', '.join(missing_core)}); "
+            "certified on its declared capabilities only"
+        )
+    else:
+        scope = "a conforming implementation"
     return Verdict(
         True,
-        conforming,
-        f"PASS{partial}: {adapter!r} passes {len(passed)} requirements, {scope}{note}",
+        not missing_core,
+        f"PASS: {adapter!r} passes {len(passed)} requirements, {scope}{note}",
     )
 
 

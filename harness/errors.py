@@ -12,6 +12,8 @@ Classification of a scenario's outcome follows the tree:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class TurnproofError(Exception):
     """Base of every exception the harness raises on purpose."""
@@ -35,3 +37,17 @@ class ScenarioPremiseError(HarnessError):
 
 class ImplementationFailure(TurnproofError, AssertionError):
     """The implementation under test broke a requirement: the one branch that is a FAIL."""
+
+
+class OperationTimeout(ImplementationFailure):
+    """An in-process adapter's install(), connect() or store operation did not return within
+    the run's bound: a hang is the implementation's failure, named by what was in flight."""
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside exception groups (a task group raises one), or `exc` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc

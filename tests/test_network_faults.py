@@ -264,9 +264,9 @@ async def test_gate_without_the_mark(faulty_store):
 
 
 def test_teardown_removed_every_proxy_of_the_own_server(pytestconfig):
-    from harness.pytest_plugin import _RUN
+    from harness.pytest_plugin import turnproof_run
 
-    assert pytestconfig.stash[_RUN].proxies().registry.proxies() == {}
+    assert turnproof_run(pytestconfig).proxies().registry.proxies() == {}
 """
 
 

@@ -76,8 +76,9 @@ def test_broken_adapter_fails_msg4_and_cleans_up(tmp_path):
     assert_nothing_left(run_dir_of(output))
 
 
-def test_ctrl_c_stops_the_run_and_leaves_nothing(tmp_path):
-    process = start_turnproof_run("-v", cwd=tmp_path)
+def test_ctrl_c_stops_the_run_says_incomplete_and_leaves_nothing(tmp_path):
+    report_path = tmp_path / "report.json"
+    process = start_turnproof_run("-v", "--json", str(report_path), cwd=tmp_path)
     assert process.stdout is not None
     seen: list[str] = []
     for line in process.stdout:  # wait until a sequential scenario is under way
@@ -90,4 +91,12 @@ def test_ctrl_c_stops_the_run_and_leaves_nothing(tmp_path):
     code, rest = finish(process)
     output = "".join(seen) + rest
     assert code == 130, output
+    report = json.loads(report_path.read_text())
+    assert report["verdict"]["ok"] is False, report["verdict"]
+    assert report["verdict"]["conforming"] is False, report["verdict"]
+    assert report["verdict"]["line"].startswith("INCOMPLETE: the run was interrupted")
+    assert report["interrupted"] is True
+    unreached = {row["id"] for row in report["rows"] if row["status"] == "not reached"}
+    assert "RUN-1" in unreached, "a selected requirement never reached says so"
+    assert output.rstrip().splitlines()[-1].startswith("INCOMPLETE: the run was interrupted")
     assert_nothing_left(run_dir_of(output))

@@ -16,9 +16,10 @@ from typing import Protocol, runtime_checkable
 
 import psycopg
 
-from harness.errors import HarnessError
+from harness.errors import UsageError
 
 PG_MODES = ("auto", "embedded", "docker", "dsn")
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
 class PostgresServer(Protocol):
@@ -62,7 +63,7 @@ class DockerPostgres:
         try:
             from testcontainers.postgres import PostgresContainer
         except ImportError:
-            raise HarnessError(
+            raise UsageError(
                 "--pg=docker needs testcontainers: pip install 'turnproof[docker]'"
             ) from None
         self._container = PostgresContainer("postgres:16-alpine", driver=None)
@@ -84,7 +85,7 @@ class DockerPostgres:
 
 def docker_daemon_answers(timeout: float = 0.5) -> bool:
     """Ping the daemon itself: a Docker CLI without a daemon must not count."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    host = os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST)
     if not host.startswith("unix://"):
         return False
     path = host.removeprefix("unix://")
@@ -103,12 +104,21 @@ def start_postgres(
 ) -> PostgresServer:
     """Start or reach the run's server; the caller stops it when the run ends."""
     if mode not in PG_MODES:
-        raise HarnessError(f"--pg {mode!r}: choose one of {', '.join(PG_MODES)}")
+        raise UsageError(f"--pg {mode!r}: choose one of {', '.join(PG_MODES)}")
     if dsn or mode == "dsn":
         if not dsn:
-            raise HarnessError("--pg=dsn needs --pg-dsn (or TURNPROOF_PG_DSN) to name the server")
+            raise UsageError("--pg=dsn needs --pg-dsn (or TURNPROOF_PG_DSN) to name the server")
         return _external(dsn)
-    if mode == "docker" or (mode == "auto" and docker_daemon_answers()):
+    if mode == "docker":
+        if not docker_daemon_answers(timeout=5):
+            raise UsageError(
+                "--pg=docker: no Docker daemon answers at "
+                f"{os.environ.get('DOCKER_HOST', DEFAULT_DOCKER_HOST)}; start it, or use "
+                "--pg embedded (or --pg-dsn) instead"
+            )
+        log("turnproof: starting PostgreSQL in Docker (testcontainers)")
+        return DockerPostgres()
+    if mode == "auto" and docker_daemon_answers():
         log("turnproof: starting PostgreSQL in Docker (testcontainers)")
         return DockerPostgres()
     from harness.postgres.embedded import EmbeddedPostgres
@@ -116,17 +126,31 @@ def start_postgres(
     return EmbeddedPostgres.start(log=log)
 
 
+CONNECT_TIMEOUT = 10
+"""Seconds to reach a --pg-dsn server before the pre-flight gives up on it."""
+
+
 def _external(dsn: str) -> ExternalPostgres:
     try:
-        with psycopg.connect(dsn, connect_timeout=10) as conn:
+        with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            may_create = conn.execute(
+                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()[0]  # type: ignore[index]
             info = conn.info
             where = f"{info.host}:{info.port}"
+            user = info.user
     except psycopg.Error as exc:
-        raise HarnessError(
-            f"--pg-dsn: cannot connect ({str(exc).strip()}); check the DSN and that the "
+        reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise UsageError(
+            f"--pg-dsn: cannot connect ({reason}); check the DSN and that the "
             "server is running, or leave --pg-dsn out to use the embedded PostgreSQL"
         ) from None
+    if not may_create:
+        raise UsageError(
+            f"--pg-dsn: user {user!r} may not create databases, and the run needs one per "
+            f"scenario; grant it (ALTER ROLE {user} CREATEDB) or give a DSN of a user that may"
+        )
     return ExternalPostgres(
         admin_dsn=dsn, description=f"PostgreSQL {version} at {where} (--pg-dsn)"
     )

@@ -6,9 +6,15 @@ the HTTP API can never disagree about what is an error.
 
 from __future__ import annotations
 
+from harness.errors import HarnessError
 
-class ProxyError(Exception):
-    """Base class: `message` and the HTTP `status` of a failed request."""
+
+class ProxyError(HarnessError):
+    """Base class: `message` and the HTTP `status` of a failed request.
+
+    A HarnessError: inside a scenario, a proxy that fails (a gate wait that runs out, a
+    listener that cannot bind) leaves no verdict; it is never the implementation's FAIL.
+    """
 
     status = 500
 

@@ -29,7 +29,7 @@ Reply = tuple[int, Any]  # (status, JSON payload or None for no body)
 Handler = Callable[..., Awaitable[Reply]]
 
 
-class HttpError(Exception):
+class HttpError(ProxyError):
     """A request we cannot even route (malformed HTTP); the connection is closed."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -202,7 +202,7 @@ class ApiServer:
     async def _toxic_create(self, name: str, body: bytes) -> Reply:
         proxy = self.registry.proxy(name)
         data = _object(body)
-        toxicity = data.get("toxicity", 1.0)
+        toxicity = _toxicity(data.get("toxicity", 1.0))
         spec = proxy.add_toxic(
             data.get("type"),  # type: ignore[arg-type]  # validated by the core
             name=_str(data, "name", None),
@@ -220,7 +220,7 @@ class ApiServer:
         proxy.toxic(toxic)  # 404 before 400, as Toxiproxy
         data = _object(body)
         spec = proxy.update_toxic(
-            toxic, attributes=data.get("attributes"), toxicity=data.get("toxicity")
+            toxic, attributes=data.get("attributes"), toxicity=_toxicity(data.get("toxicity"))
         )
         return 200, spec.to_json()
 
@@ -330,6 +330,15 @@ def _json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"bad request body: {exc}") from None
+    except RecursionError:
+        raise BadRequest("bad request body: JSON nested too deeply") from None
+
+
+def _toxicity(value: Any) -> Any:
+    """Toxiproxy's toxicity is a probability: a number outside [0, 1] is refused (400)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and not 0 <= value <= 1:
+        raise BadRequest(f"bad request body: toxicity must be between 0 and 1, got {value}")
+    return value
 
 
 def _object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:

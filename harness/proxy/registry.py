@@ -118,5 +118,10 @@ class ProxyServer:
 def _check_required(name: str, upstream: str) -> None:
     if not name:
         raise BadRequest("missing required field: name")
+    if "/" in name:
+        raise BadRequest(
+            f"bad proxy name {name!r}: it must not contain '/', or its URL (/proxies/NAME) "
+            "could not address it"
+        )
     if not upstream:
         raise BadRequest("missing required field: upstream")

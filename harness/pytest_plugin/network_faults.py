@@ -1,6 +1,6 @@
 """Network faults for scenarios: app replicas behind their own proxy, and the faults to apply.
 
-A pytest plugin, loaded by `harness.pytest_plugin`. Each replica a scenario opens with
+A pytest plugin, registered by `harness.pytest_plugin`. Each replica a scenario opens with
 `faulty_store` reaches PostgreSQL through a proxy of its own, so a fault on one replica's
 link (a toxic, the proxy taken down, a cut) leaves every other replica healthy:
 
@@ -38,13 +38,13 @@ from toxiproxy.server import Toxiproxy
 
 from harness.adapter_loading import assert_store
 from harness.contract import Adapter, Clock, TurnStore
-from harness.errors import HarnessError
+from harness.errors import HarnessError, UsageError
 from harness.postgres.databases import with_params
 from harness.proxy.addresses import split_host_port
 from harness.proxy.client import URL_VARIABLE, configured_url, toxiproxy_client
 from harness.proxy.server import RunningProxyServer
 from harness.proxy.statement_gate import StatementGate
-from harness.pytest_plugin import USAGE_ERROR, turnproof_run
+from harness.pytest_plugin.run import USAGE_ERROR, turnproof_run
 
 NEEDS_GATE = "needs_gate"
 CLOSE_TIMEOUT = 5.0
@@ -195,9 +195,9 @@ def _reachable_toxiproxy(url: str) -> None:
         with toxiproxy_client(url) as toxiproxy:
             version = toxiproxy.version()
     except Exception as exc:
-        raise HarnessError(f"--toxiproxy-url {url}: {type(exc).__name__}: {exc}") from None
+        raise UsageError(f"--toxiproxy-url {url}: {type(exc).__name__}: {exc}") from None
     if version is None:
-        raise HarnessError(f"--toxiproxy-url {url}: no Toxiproxy server answers there")
+        raise UsageError(f"--toxiproxy-url {url}: no Toxiproxy server answers there")
 
 
 @pytest.fixture(scope="session")
@@ -209,7 +209,7 @@ def _fault_proxies(pytestconfig: pytest.Config) -> ProxyFactory:
         return lambda name, upstream: _OwnProxy(server, name, upstream)
     try:
         _reachable_toxiproxy(url)
-    except HarnessError as exc:
+    except UsageError as exc:
         pytest.exit(f"turnproof: {exc}", USAGE_ERROR)
     return lambda name, upstream: _ToxiproxyProxy(url, name, upstream)
 
@@ -328,6 +328,8 @@ class _Replicas:
     upstream: str
     make_proxy: ProxyFactory
     observer: _Observer
+    wrap: Callable[[TurnStore], TurnStore]
+    """The run's guard for the scenario's stores (TurnproofRun.wrap_store)."""
     replicas: list[FaultyReplica] = field(default_factory=list)
     proxies: list[_ProxyControl] = field(default_factory=list)
     stores: list[TurnStore] = field(default_factory=list)
@@ -347,7 +349,7 @@ class _Replicas:
         async def connect() -> TurnStore:
             store = assert_store(await self.adapter.connect(dsn, clock=clock), self.adapter.name)
             self.stores.append(store)
-            return store
+            return self.wrap(store)
 
         replica = FaultyReplica(name, dsn, await connect(), proxy, connect, self.observer)
         self.replicas.append(replica)
@@ -380,15 +382,21 @@ def _upstream(dsn: str) -> str:
 
 @pytest.fixture
 async def faulty_store(
-    adapter: Adapter, turn_dsn: str, _fault_proxies: ProxyFactory
+    request: pytest.FixtureRequest, adapter: Adapter, turn_dsn: str, _fault_proxies: ProxyFactory
 ) -> AsyncIterator[Callable[..., Awaitable[FaultyReplica]]]:
     """Replicas behind proxies of their own: `replica = await faulty_store(name="writer")`.
 
     `replica.store` is the adapter's TurnStore on the test's database, with
     application_name `turnproof-<name>`; everything made here is removed at teardown.
     """
+    run = turnproof_run(request.config)
     replicas = _Replicas(
-        adapter, turn_dsn, _upstream(turn_dsn), _fault_proxies, _Observer(turn_dsn)
+        adapter,
+        turn_dsn,
+        _upstream(turn_dsn),
+        _fault_proxies,
+        _Observer(turn_dsn),
+        lambda store: run.wrap_store(store, request.node),
     )
     try:
         yield replicas.open

@@ -1,6 +1,6 @@
 """Crashing PostgreSQL itself: an immediate shutdown of the run's server, then a new start.
 
-A pytest plugin, loaded by `harness.pytest_plugin`. The contract's durability promises
+A pytest plugin, registered by `harness.pytest_plugin`. The contract's durability promises
 are about what returned True; the hardest test of them is the server dying right
 after: every connection is cut, nothing is checkpointed, and the next start replays
 the WAL. Only the committed survives.
@@ -25,7 +25,7 @@ import pytest
 
 from harness.postgres.databases import DatabaseFactory
 from harness.postgres.resolver import restartable
-from harness.pytest_plugin import turnproof_run
+from harness.pytest_plugin.run import turnproof_run
 
 
 @pytest.fixture

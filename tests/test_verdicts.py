@@ -1,0 +1,208 @@
+"""Verdicts a CI gate can trust: classification follows the error tree, a hang is named,
+an interrupted or partial run never says "conforming", failures explain themselves in JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from harness.conformance_report import (
+    ERROR,
+    FAIL,
+    NOT_REACHED,
+    PASS,
+    ScenarioOutcome,
+    build_report,
+)
+from harness.requirements import CORE_CAPABILITIES
+
+CLASSIFIED = """
+import pytest
+
+from harness.errors import HarnessError, ImplementationFailure
+from harness.proxy.errors import WaitTimeout
+
+
+@pytest.mark.requirement("MSG-1")
+def test_gate_wait_runs_out():
+    raise WaitTimeout("gate wait for 'writer' ran out after 5 s")
+
+
+@pytest.mark.requirement("MSG-2")
+def test_engine_error_inside_a_task_group():
+    raise ExceptionGroup("unhandled errors", [HarnessError("the engine lost actor 'step'")])
+
+
+@pytest.mark.requirement("MSG-3")
+def test_plain_assertion():
+    rows = 2
+    assert rows == 1, f"expected one assistant row for the turn, found {rows}"
+
+
+@pytest.mark.requirement("MSG-4")
+def test_race_failure_carries_its_rerun_line():
+    raise ImplementationFailure(
+        "late step vs finalize: the finalized row was clobbered\\n\\ntranscript:\\n"
+        "step finalize: UPDATE ...\\n"
+        "rerun: pytest --pyargs 'scenarios.x::test_y' --race-schedule 'finalize,step'"
+    )
+
+
+@pytest.mark.requirement("MSG-5")
+def test_passes():
+    pass
+"""
+
+HANGING_STEP = """
+import anyio
+import pytest
+
+from reference_impl import adapter as reference
+
+
+class HangingStep:
+    name = "hanging-step"
+    capabilities = reference.capabilities
+
+    async def install(self, dsn):
+        await reference.install(dsn)
+
+    async def connect(self, dsn, *, clock=None):
+        store = await reference.connect(dsn, clock=clock)
+
+        async def append_step(**kwargs):
+            await anyio.sleep_forever()
+
+        store.append_step = append_step
+        return store
+
+
+adapter = HangingStep()
+"""
+
+STEP_SCENARIO = """
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.requirement("MSG-4")
+@pytest.mark.capability("turns")
+async def test_step_on_a_streaming_row(store):
+    chat = await store.create_chat(workspace_id="w")
+    shell = await store.persist_assistant_shell(chat_id=chat, workspace_id="w", turn_id="t")
+    assert await store.append_step(message_id=shell, workspace_id="w", content="x", parts=[])
+"""
+
+
+def run_json(pytester: pytest.Pytester, dsn: str, *args: str) -> tuple[pytest.RunResult, Any]:
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--pg-dsn",
+        dsn,
+        "--turnproof-json",
+        str(report),
+        *args,
+        timeout=120,
+    )
+    assert report.exists(), result.stdout.str() + result.stderr.str()
+    return result, json.loads(report.read_text())
+
+
+def test_classification_follows_the_error_tree(pytester, postgres_server):
+    pytester.makepyfile(test_classified=CLASSIFIED)
+    result, report = run_json(pytester, postgres_server.admin_dsn)
+    statuses = {row["id"]: row["status"] for row in report["rows"]}
+    assert statuses["MSG-1"] == ERROR, "a proxy WaitTimeout is the harness's, never a FAIL"
+    assert statuses["MSG-2"] == ERROR, "a HarnessError inside an exception group is no verdict"
+    assert statuses["MSG-3"] == FAIL
+    assert statuses["MSG-4"] == FAIL
+    assert statuses["MSG-5"] == PASS
+    assert result.ret == 1
+    failures = {f["scenario"].split("::")[1]: f for f in report["failures"]}
+    assert failures["test_gate_wait_runs_out"]["reason"] == (
+        "WaitTimeout: gate wait for 'writer' ran out after 5 s"
+    )
+    assert failures["test_plain_assertion"]["reason"] == (
+        "AssertionError: expected one assistant row for the turn, found 2"
+    )
+    race = failures["test_race_failure_carries_its_rerun_line"]
+    assert race["reason"] == (
+        "ImplementationFailure: late step vs finalize: the finalized row was clobbered"
+    )
+    assert race["rerun"] == (
+        "pytest --pyargs 'scenarios.x::test_y' --race-schedule 'finalize,step'"
+    )
+    assert race["requirements"] == ["MSG-4"]
+    assert failures["test_plain_assertion"]["rerun"] == ""
+
+
+def test_a_hanging_operation_fails_its_test_naming_it(pytester, postgres_server):
+    pytester.makepyfile(hanging_step=HANGING_STEP, test_step=STEP_SCENARIO)
+    pytester.syspathinsert()
+    result, report = run_json(
+        pytester,
+        postgres_server.admin_dsn,
+        "--adapter",
+        "hanging_step:adapter",
+        "--operation-timeout",
+        "1",
+        "test_step.py",
+    )
+    (failure,) = report["failures"]
+    assert failure["outcome"] == FAIL
+    assert failure["reason"].startswith(
+        "OperationTimeout: adapter 'hanging-step': append_step(message_id="
+    ), failure["reason"]
+    assert "did not return within 1 s" in failure["reason"]
+    assert result.ret == 1
+
+
+def outcome(requirement_id: str, result: str) -> ScenarioOutcome:
+    return ScenarioOutcome(f"scenarios.x::test_{requirement_id}", (requirement_id,), result)
+
+
+def report_of(outcomes: list[ScenarioOutcome], **kwargs: Any):
+    return build_report(
+        outcomes,
+        adapter_name="reference",
+        adapter_spec="reference",
+        capabilities=frozenset(CORE_CAPABILITIES),
+        postgres="test",
+        **kwargs,
+    )
+
+
+def test_interrupted_run_is_incomplete_and_names_what_was_not_reached():
+    report = report_of(
+        [outcome("MSG-1", PASS)],
+        complete_run=False,
+        interrupted=True,
+        selected={"MSG-1", "MSG-2", "RUN-1"},
+    )
+    rows = {row.id: row for row in report.rows}
+    assert rows["MSG-2"].status == NOT_REACHED
+    assert rows["RUN-1"].status == NOT_REACHED
+    assert rows["MSG-3"].reason == "no scenario of it was selected"
+    assert report.verdict.ok is False
+    assert report.verdict.conforming is False
+    assert report.verdict.line.startswith("INCOMPLETE: the run was interrupted")
+    assert "MSG-2, RUN-1" in report.verdict.line
+
+
+def test_partial_selection_never_says_conforming():
+    report = report_of([outcome("MSG-1", PASS)], complete_run=False, selected={"MSG-1"})
+    assert report.verdict.ok is True
+    assert report.verdict.conforming is False
+    assert "conforming" not in report.verdict.line
+    assert report.verdict.line.startswith("PASS (partial selection)")
