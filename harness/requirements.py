@@ -1,7 +1,26 @@
-"""The requirement catalog: every contract ID, its one-line text, its capability.
+"""The requirement catalog: every contract ID, its one-line text, its capability; and which
+capability each store operation belongs to.
 
 This is the one place the IDs live. Scenario tags are checked against it,
 capability skips are decided from it and the conformance report is keyed by it.
+
+A scenario may call only the operations of the capabilities it needs (its requirements'
+capabilities plus its `capability(...)` markers; `capabilities_needed`), which
+`harness.capability_guard` enforces: an adapter is judged only on what it declares, so a
+scenario touching anything else would turn a missing capability into a false FAIL.
+
+`OPERATION_CAPABILITIES` is the contract's capability table as data. An operation is allowed
+when the scenario needs any one of its capabilities (`finalize` belongs to both `streaming`
+and `usage`: a `turns` + `usage` store finalizes to write usage). `ARGUMENT_CAPABILITIES`
+names the arguments that need a capability of their own when given (`finalize(usage=...)`
+needs `usage`).
+
+`workspaces` grants no operation. WS-1 is a property of every operation that takes a
+workspace id (the contract's `workspaces` row), so a WS-1 scenario declares with
+`@pytest.mark.capability(...)` the capabilities of the operations it uses (for example
+`capability("turns", "runs")` to check `latest_run` across workspaces), and is skipped, never
+failed, for an adapter lacking one. Likewise every scenario that sets up chats and turns
+declares `turns`.
 """
 
 from __future__ import annotations
@@ -147,9 +166,32 @@ CATALOG: tuple[Requirement, ...] = (
 
 REQUIREMENTS: dict[str, Requirement] = {r.id: r for r in CATALOG}
 
-NOT_YET_COVERED: dict[str, str] = {
-    f"CW-{n}": "no scenario yet for the coalescing writer" for n in range(1, 8)
+OPERATION_CAPABILITIES: dict[str, frozenset[str]] = {
+    "create_chat": frozenset({"turns"}),
+    "persist_user_turn": frozenset({"turns"}),
+    "persist_assistant_shell": frozenset({"turns"}),
+    "get_message": frozenset({"turns"}),
+    "list_messages": frozenset({"turns"}),
+    "append_step": frozenset({"streaming"}),
+    "finalize": frozenset({"streaming", "usage"}),
+    "insert_legacy_message": frozenset({"streaming"}),
+    "usage_for": frozenset({"usage"}),
+    "sweep_streaming": frozenset({"sweep"}),
+    "begin_run": frozenset({"runs"}),
+    "link_assistant": frozenset({"runs"}),
+    "record_step": frozenset({"runs"}),
+    "finish_run": frozenset({"runs"}),
+    "request_stop": frozenset({"runs"}),
+    "latest_run": frozenset({"runs"}),
+    "sweep_runs": frozenset({"runs"}),
+    "writer": frozenset({"coalescing"}),
 }
+"""Each store operation and the capabilities any one of which lets a scenario call it."""
+
+ARGUMENT_CAPABILITIES: dict[tuple[str, str], str] = {("finalize", "usage"): "usage"}
+"""(operation, argument) -> the capability a scenario needs to pass that argument not None."""
+
+NOT_YET_COVERED: dict[str, str] = {}
 """IDs the suite has no scenario for yet, with why; the catalog test keeps this list exact."""
 
 
@@ -163,6 +205,8 @@ def requirement(requirement_id: str) -> Requirement:
         ) from None
 
 
-def requirements_for(capabilities: frozenset[str]) -> list[Requirement]:
-    """The requirements an adapter declaring these capabilities is certified on."""
-    return [r for r in CATALOG if r.capability in capabilities]
+def capabilities_needed(
+    requirement_ids: tuple[str, ...], markers: tuple[str, ...]
+) -> frozenset[str]:
+    """What a scenario tagged with these IDs and `capability` markers needs, and may use."""
+    return frozenset({requirement(i).capability for i in requirement_ids} | set(markers))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from harness import Message, RunAlreadyActive, TurnStore, Usage, UsageIn
 from harness.contract import (
@@ -20,37 +20,59 @@ from harness.race import Op, given
 __all__ = [
     "ACTIVE_RUN_STATUSES",
     "FINAL",
+    "FRESH_FOR",
     "NO_TEXT_PART",
     "RACE_WS",
     "SKEW",
     "STALE",
+    "STALE_ONLY",
     "STEPS",
     "TERMINAL_MESSAGE_STATUSES",
     "TERMINAL_RUN_STATUSES",
     "USAGE_A",
     "USAGE_B",
     "ConfirmedWrites",
+    "KillableStore",
     "Turn",
+    "a_chat",
     "append_steps",
     "assert_not_run_already_active",
     "assistant_row",
     "begin_failure",
     "describe_error",
     "describe_message",
+    "existing_message",
     "finalize_op",
     "is_empty_parts",
     "missing_id_like",
     "new_turn_id",
     "new_workspace",
+    "raised_by",
     "skewed_clock",
     "step_op",
+    "streaming_message",
     "streaming_turn",
     "text_parts",
     "usage_values",
+    "user_row",
 ]
 
 STALE = timedelta(seconds=1)
-"""The staleness threshold the sweep scenarios pass as `older_than`."""
+"""The staleness threshold of the sweep races: a whole interleaving, run after the stale
+row was written, must finish within it for its fresh row to stay fresh."""
+
+STALE_ONLY = timedelta(milliseconds=10)
+"""The threshold of scenarios in which every row a sweep judges must be stale: written
+before `db_clock.let_pass(STALE_ONLY)`, each is older than it by the database's own clock
+(the rows' now() precedes the wait's first clock_timestamp()), however small it is. Small
+keeps the real-time wait short; the database clock, not the threshold, makes it exact."""
+
+FRESH_FOR = timedelta(milliseconds=500)
+"""The threshold of scenarios that need fresh rows (or runs) beside stale ones: stale ones
+wait it out with `db_clock.let_pass(FRESH_FOR)`; fresh ones are written, and the sweep run,
+inside `db_clock.within(FRESH_FOR)`, which proves on the database clock that they were
+still fresh (else no verdict). The longest such block measured took 0.26 s of database
+time, on a 2-core machine at load average 16 (median 0.05 s)."""
 
 SKEW = timedelta(minutes=10)
 """How far a skewed replica's app clock runs ahead of (or behind) real time."""
@@ -141,9 +163,13 @@ async def streaming_turn(
     assistant_id = await store.persist_assistant_shell(
         chat_id=chat_id, workspace_id=workspace_id, turn_id=turn_id
     )
-    assert user_id is not None, "set-up: persist_user_turn returned None for a valid turn"
+    assert user_id is not None, (
+        f"set-up: persist_user_turn of new turn {turn_id!r} in chat {chat_id!r} of its own "
+        "workspace returned None; expected the new row's id"
+    )
     assert assistant_id is not None, (
-        "set-up: persist_assistant_shell returned None for a valid turn"
+        f"set-up: persist_assistant_shell of new turn {turn_id!r} in chat {chat_id!r} of its "
+        "own workspace returned None; expected the new row's id"
     )
     return Turn(workspace_id, chat_id, turn_id, user_id, assistant_id)
 
@@ -157,6 +183,21 @@ async def begin_failure(store: TurnStore, *, chat_id: str, workspace_id: str) ->
     raise AssertionError(
         f"begin_run(chat_id={chat_id!r}, workspace_id={workspace_id!r}) started run {run.id!r} "
         "where it had to fail"
+    )
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+async def raised_by(expected: type[E], call: Awaitable[object], what: str) -> E:
+    """The error `call` must raise; a failure saying what it returned instead (any other
+    error propagates as it is)."""
+    try:
+        result = await call
+    except expected as exc:
+        return exc
+    raise AssertionError(
+        f"expected {what} to raise {expected.__name__}, but it returned {result!r}"
     )
 
 
@@ -199,13 +240,55 @@ def finalize_op(content: str, usage: UsageIn | None, message: str = "message_id"
     )
 
 
+async def existing_message(
+    store: TurnStore, message_id: str, workspace_id: str, what: str = "message"
+) -> Message:
+    """A message that must exist: read in its own workspace, where get_message must find it."""
+    found = await store.get_message(message_id=message_id, workspace_id=workspace_id)
+    assert found is not None, (
+        f"expected the {what} {message_id!r} written earlier, but get_message in its own "
+        f"workspace {workspace_id!r} found nothing"
+    )
+    return found
+
+
 async def assistant_row(store: TurnStore, turn: Turn) -> Message:
     """The turn's assistant message, which must exist."""
-    found = await store.get_message(
-        message_id=turn.assistant_message_id, workspace_id=turn.workspace_id
+    return await existing_message(
+        store, turn.assistant_message_id, turn.workspace_id, "assistant message"
     )
-    assert found is not None, f"assistant message {turn.assistant_message_id!r} vanished"
-    return found
+
+
+async def user_row(store: TurnStore, turn: Turn) -> Message:
+    """The turn's user message, which must exist."""
+    return await existing_message(store, turn.user_message_id, turn.workspace_id, "user message")
+
+
+async def a_chat(store: TurnStore, db_clock: object) -> dict[str, str]:
+    """Race set-up: one chat in RACE_WS."""
+    return {"chat_id": await store.create_chat(workspace_id=RACE_WS)}
+
+
+async def streaming_message(store: TurnStore, db_clock: object) -> dict[str, Any]:
+    """Race set-up: a chat in RACE_WS and its fresh assistant shell (`turns` only: the shell
+    is 'streaming' where the adapter tracks statuses). `before` is the shell as read back."""
+    chat_id = await store.create_chat(workspace_id=RACE_WS)
+    message_id = await store.persist_assistant_shell(
+        chat_id=chat_id, workspace_id=RACE_WS, turn_id=new_turn_id()
+    )
+    assert message_id is not None, (
+        f"set-up: persist_assistant_shell of a new turn in chat {chat_id!r} returned None; "
+        "expected the new row's id"
+    )
+    before = await existing_message(store, message_id, RACE_WS, "assistant shell")
+    return {"chat_id": chat_id, "message_id": message_id, "before": before}
+
+
+@runtime_checkable
+class KillableStore(Protocol):
+    """A replica in a process of its own (a DriverStore, guarded or not): it can be killed."""
+
+    async def kill(self) -> None: ...
 
 
 async def append_steps(store: TurnStore, turn: Turn, steps: tuple[str, ...]) -> None:
@@ -216,10 +299,14 @@ async def append_steps(store: TurnStore, turn: Turn, steps: tuple[str, ...]) -> 
             workspace_id=turn.workspace_id,
             content=content,
             parts=text_parts(content),
-        ), f"set-up: append_step({content!r}) on a live streaming row returned False"
+        ), (
+            f"set-up: append_step({content!r}) on the live streaming row "
+            f"{turn.assistant_message_id!r} returned False; expected True"
+        )
 
 
 def describe_message(message: Message, usage: list[Usage] | None = None) -> str:
+    """A row in words, for assertion messages: status and content (and usage, if given)."""
     shown = f"status {message.status!r}, content {message.content!r}"
     return shown if usage is None else f"{shown}, usage {[usage_values(u) for u in usage]}"
 

@@ -10,24 +10,28 @@ from datetime import datetime
 
 import pytest
 
-from harness import InvalidArgument, Message, TurnStore
+from harness import InvalidArgument, TurnStore
 
 from .support import (
     NO_TEXT_PART,
     SKEW,
-    STALE,
+    STALE_ONLY,
     TERMINAL_MESSAGE_STATUSES,
     USAGE_A,
+    assistant_row,
+    describe_message,
+    existing_message,
     is_empty_parts,
     missing_id_like,
     new_turn_id,
     new_workspace,
+    raised_by,
     skewed_clock,
     streaming_turn,
     text_parts,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.capability("turns")]
 
 PERSIST_OPS = ("persist_user_turn", "persist_assistant_shell")
 FINAL_PARTS = [
@@ -45,17 +49,6 @@ async def persist(store: TurnStore, op: str, *, chat_id: str, workspace_id: str,
     return await store.persist_assistant_shell(
         chat_id=chat_id, workspace_id=workspace_id, turn_id=turn_id
     )
-
-
-async def get(store: TurnStore, turn_or_id, workspace_id: str | None = None) -> Message:
-    """Read a message that must exist."""
-    if isinstance(turn_or_id, str):
-        message_id, ws = turn_or_id, workspace_id
-    else:
-        message_id, ws = turn_or_id.assistant_message_id, turn_or_id.workspace_id
-    message = await store.get_message(message_id=message_id, workspace_id=ws)
-    assert message is not None, f"get_message({message_id!r}) found nothing in its own workspace"
-    return message
 
 
 def assert_database_time(value: datetime, before: datetime, after: datetime, what: str) -> None:
@@ -79,16 +72,26 @@ async def test_repeated_user_turn_returns_same_id_and_keeps_first_text(store):
         await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn, text=text)
         for text in ("first text", "second text", "third text")
     ]
-    assert ids[0] is not None
-    assert ids == [ids[0]] * 3, f"the repeated calls returned different ids: {ids}"
+    assert ids[0] is not None, "persist_user_turn of a new turn returned None, not its row's id"
+    assert ids == [ids[0]] * 3, (
+        f"expected the three calls with one turn id to return one id, got {ids}"
+    )
     rows = await store.list_messages(chat_id=chat, workspace_id=ws)
-    assert [m.id for m in rows] == [ids[0]], f"expected exactly one row, found {rows}"
+    assert [m.id for m in rows] == [ids[0]], (
+        f"expected exactly the one row {ids[0]!r} in the chat, found {[m.id for m in rows]}"
+    )
     (row,) = rows
-    assert (row.role, row.turn_id, row.chat_id, row.workspace_id) == ("user", turn, chat, ws)
-    assert row.content == "first text", "the first text must win"
+    assert (row.role, row.turn_id, row.chat_id, row.workspace_id) == ("user", turn, chat, ws), (
+        f"expected a user row of turn {turn!r} in chat {chat!r} of workspace {ws!r}, found "
+        f"role {row.role!r}, turn {row.turn_id!r}, chat {row.chat_id!r}, workspace "
+        f"{row.workspace_id!r}"
+    )
+    assert row.content == "first text", (
+        f"expected the first text to win, found content {row.content!r}"
+    )
     stored = json.dumps([row.content, row.parts])
-    assert "second text" not in stored
-    assert "third text" not in stored
+    for later in ("second text", "third text"):
+        assert later not in stored, f"a repeated call's {later!r} reached the row: {stored}"
 
 
 @pytest.mark.requirement("MSG-1")
@@ -100,10 +103,15 @@ async def test_repeated_user_turn_from_another_replica_returns_same_id(store, op
     other = await open_store(name="replica-b")
     first = await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn, text="a")
     second = await other.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn, text="b")
-    assert first is not None
-    assert second == first
+    assert first is not None, "persist_user_turn of a new turn returned None, not its row's id"
+    assert second == first, (
+        f"expected the retry through another replica to return {first!r}, got {second!r}"
+    )
     rows = await store.list_messages(chat_id=chat, workspace_id=ws)
-    assert [(m.id, m.content) for m in rows] == [(first, "a")]
+    found = [(m.id, m.content) for m in rows]
+    assert found == [(first, "a")], (
+        f"expected the one row {first!r} with the first text 'a', found (id, content) {found}"
+    )
 
 
 @pytest.mark.requirement("MSG-1")
@@ -118,12 +126,22 @@ async def test_user_turn_idempotency_is_per_chat_and_turn(store):
     later = await store.persist_user_turn(
         chat_id=chat_1, workspace_id=ws, turn_id=other_turn, text="3"
     )
-    assert None not in (in_1, in_2, later)
-    assert len({in_1, in_2, later}) == 3, f"distinct turns shared an id: {in_1}, {in_2}, {later}"
-    rows_1 = await store.list_messages(chat_id=chat_1, workspace_id=ws)
-    rows_2 = await store.list_messages(chat_id=chat_2, workspace_id=ws)
-    assert [(m.id, m.content) for m in rows_1] == [(in_1, "1"), (later, "3")]
-    assert [(m.id, m.content) for m in rows_2] == [(in_2, "2")]
+    assert None not in (in_1, in_2, later), (
+        f"persist_user_turn of a new turn returned None: ids {in_1!r}, {in_2!r}, {later!r}"
+    )
+    assert len({in_1, in_2, later}) == 3, (
+        f"expected three distinct rows, but distinct turns shared an id: {in_1}, {in_2}, {later}"
+    )
+    found_1 = [
+        (m.id, m.content) for m in await store.list_messages(chat_id=chat_1, workspace_id=ws)
+    ]
+    found_2 = [
+        (m.id, m.content) for m in await store.list_messages(chat_id=chat_2, workspace_id=ws)
+    ]
+    assert found_1 == [(in_1, "1"), (later, "3")], (
+        f"expected chat 1 to hold {[(in_1, '1'), (later, '3')]}, found {found_1}"
+    )
+    assert found_2 == [(in_2, "2")], f"expected chat 2 to hold {[(in_2, '2')]}, found {found_2}"
 
 
 # --- MSG-2 ---------------------------------------------------------------------------------
@@ -153,16 +171,19 @@ async def test_assistant_shell_is_an_empty_assistant_row(store):
     chat = await store.create_chat(workspace_id=ws)
     turn = new_turn_id()
     shell = await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn)
-    assert shell is not None
-    row = await get(store, shell, ws)
-    assert (row.id, row.role, row.turn_id, row.chat_id, row.workspace_id) == (
-        shell,
+    assert shell is not None, "persist_assistant_shell of a new turn returned None, not an id"
+    row = await existing_message(store, shell, ws, "assistant shell")
+    assert (row.role, row.turn_id, row.chat_id, row.workspace_id) == (
         "assistant",
         turn,
         chat,
         ws,
+    ), (
+        f"expected an assistant row of turn {turn!r} in chat {chat!r} of workspace {ws!r}, "
+        f"found role {row.role!r}, turn {row.turn_id!r}, chat {row.chat_id!r}, workspace "
+        f"{row.workspace_id!r}"
     )
-    assert row.content == ""
+    assert row.content == "", f"expected a fresh shell's content to be empty, found {row.content!r}"
     assert is_empty_parts(row.parts), f"a fresh shell must carry no text, got parts {row.parts}"
 
 
@@ -171,8 +192,10 @@ async def test_assistant_shell_is_an_empty_assistant_row(store):
 async def test_assistant_shell_is_streaming(store):
     """A fresh assistant shell has status 'streaming'."""
     turn = await streaming_turn(store)
-    row = await get(store, turn)
-    assert row.status == "streaming"
+    row = await assistant_row(store, turn)
+    assert row.status == "streaming", (
+        f"expected a fresh assistant shell to be 'streaming', found status {row.status!r}"
+    )
 
 
 @pytest.mark.requirement("MSG-3")
@@ -187,10 +210,15 @@ async def test_repeated_assistant_shell_returns_same_id_and_one_row(store, open_
         await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn),
         await other.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn),
     ]
-    assert ids[0] is not None
-    assert ids == [ids[0]] * 3, f"the repeated calls returned different ids: {ids}"
+    assert ids[0] is not None, "persist_assistant_shell of a new turn returned None, not an id"
+    assert ids == [ids[0]] * 3, (
+        f"expected the three calls with one turn id to return one id, got {ids}"
+    )
     rows = await store.list_messages(chat_id=chat, workspace_id=ws)
-    assert [(m.id, m.role) for m in rows] == [(ids[0], "assistant")]
+    found = [(m.id, m.role) for m in rows]
+    assert found == [(ids[0], "assistant")], (
+        f"expected the one assistant row {ids[0]!r}, found (id, role) {found}"
+    )
 
 
 @pytest.mark.requirement("MSG-1", "MSG-3")
@@ -205,22 +233,24 @@ async def test_user_and_assistant_rows_of_one_turn_are_distinct(store):
     shell_2 = await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn_2)
     user_2 = await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn_2, text="q2")
     ids = [user_1, shell_1, shell_2, user_2]
-    assert None not in ids
-    assert len(set(ids)) == 4, f"user and assistant rows shared an id: {ids}"
+    assert None not in ids, f"a persist of a new turn returned None: ids {ids}"
+    assert len(set(ids)) == 4, f"expected four distinct rows, but rows shared an id: {ids}"
     again = [
         await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn_1, text="x"),
         await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn_1),
         await store.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn_2),
         await store.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn_2, text="y"),
     ]
-    assert again == ids
+    assert again == ids, f"expected the repeated persists to return {ids}, got {again}"
     rows = await store.list_messages(chat_id=chat, workspace_id=ws)
-    assert [(m.id, m.role, m.turn_id) for m in rows] == [
+    expected = [
         (user_1, "user", turn_1),
         (shell_1, "assistant", turn_1),
         (shell_2, "assistant", turn_2),
         (user_2, "user", turn_2),
-    ], "expected the four rows, oldest first"
+    ]
+    found = [(m.id, m.role, m.turn_id) for m in rows]
+    assert found == expected, f"expected the four rows oldest first, {expected}, found {found}"
 
 
 # --- MSG-4 ---------------------------------------------------------------------------------
@@ -237,9 +267,14 @@ async def test_append_step_applies_while_streaming(store):
         content="partial",
         parts=parts,
     )
-    assert applied is True
-    row = await get(store, turn)
-    assert (row.status, row.content, row.parts) == ("streaming", "partial", parts)
+    assert applied is True, (
+        f"expected append_step on a streaming row to return True, got {applied!r}"
+    )
+    row = await assistant_row(store, turn)
+    assert (row.status, row.content, row.parts) == ("streaming", "partial", parts), (
+        f"expected the step stored on a streaming row ('partial', parts {parts}), found "
+        f"{describe_message(row)}, parts {row.parts}"
+    )
 
 
 @pytest.mark.requirement("MSG-4")
@@ -250,7 +285,7 @@ async def test_late_step_after_finalize_changes_nothing(store, status):
     mid, ws = turn.assistant_message_id, turn.workspace_id
     assert await store.append_step(
         message_id=mid, workspace_id=ws, content="partial", parts=text_parts("partial")
-    )
+    ), "set-up: append_step on a fresh streaming row returned False; expected True"
     assert await store.finalize(
         message_id=mid,
         workspace_id=ws,
@@ -258,18 +293,22 @@ async def test_late_step_after_finalize_changes_nothing(store, status):
         content="final answer",
         parts=FINAL_PARTS,
         usage=None,
-    )
-    finalized = await get(store, turn)
+    ), f"set-up: finalize to {status!r} of a streaming row returned False; expected True"
+    finalized = await assistant_row(store, turn)
     assert (finalized.status, finalized.content, finalized.parts) == (
         status,
         "final answer",
         FINAL_PARTS,
-    )
+    ), f"set-up: expected the finalized row ({status!r}), found {describe_message(finalized)}"
     late = await store.append_step(
         message_id=mid, workspace_id=ws, content="late step", parts=text_parts("late step")
     )
     assert late is False, f"append_step on a {status!r} row returned {late!r}, not False"
-    assert await get(store, turn) == finalized, f"a late append_step changed a {status!r} row"
+    after = await assistant_row(store, turn)
+    assert after == finalized, (
+        f"expected a late append_step to leave the {status!r} row as it was, "
+        f"{describe_message(finalized)}; found {describe_message(after)}"
+    )
 
 
 @pytest.mark.requirement("MSG-4")
@@ -278,13 +317,20 @@ async def test_step_on_legacy_row_changes_nothing(store):
     ws = new_workspace()
     chat = await store.create_chat(workspace_id=ws)
     legacy = await store.insert_legacy_message(chat_id=chat, workspace_id=ws, content="old answer")
-    before = await get(store, legacy, ws)
-    assert (before.status, before.content, before.role) == (None, "old answer", "assistant")
+    before = await existing_message(store, legacy, ws, "legacy row")
+    assert (before.status, before.content, before.role) == (None, "old answer", "assistant"), (
+        "set-up: expected insert_legacy_message to write an assistant row with status NULL and "
+        f"content 'old answer', found role {before.role!r}, {describe_message(before)}"
+    )
     late = await store.append_step(
         message_id=legacy, workspace_id=ws, content="late step", parts=text_parts("late step")
     )
     assert late is False, f"append_step on a legacy row returned {late!r}, not False"
-    assert await get(store, legacy, ws) == before, "append_step changed a legacy NULL-status row"
+    after = await existing_message(store, legacy, ws, "legacy row")
+    assert after == before, (
+        f"expected append_step to leave a legacy NULL-status row as it was, "
+        f"{describe_message(before)}; found {describe_message(after)}"
+    )
 
 
 # --- MSG-5 ---------------------------------------------------------------------------------
@@ -294,7 +340,7 @@ async def test_step_on_legacy_row_changes_nothing(store):
 async def test_append_step_moves_updated_at_forward(store):
     """Every append_step on a streaming row moves updated_at strictly forward."""
     turn = await streaming_turn(store)
-    previous = (await get(store, turn)).updated_at
+    previous = (await assistant_row(store, turn)).updated_at
     for step in range(1, 6):
         text = f"step {step}"
         assert await store.append_step(
@@ -302,8 +348,8 @@ async def test_append_step_moves_updated_at_forward(store):
             workspace_id=turn.workspace_id,
             content=text,
             parts=text_parts(text),
-        )
-        current = (await get(store, turn)).updated_at
+        ), f"append_step #{step} on a streaming row returned False; expected True"
+        current = (await assistant_row(store, turn)).updated_at
         assert current > previous, (
             f"append_step #{step} left updated_at at {current.isoformat()}, "
             f"not after {previous.isoformat()}"
@@ -323,25 +369,36 @@ async def test_message_writes_take_updated_at_from_database_clock(open_store, db
     before = await db_clock.now()
     user = await replica.persist_user_turn(chat_id=chat, workspace_id=ws, turn_id=turn, text="q")
     after = await db_clock.now()
-    assert user is not None
+    assert user is not None, "persist_user_turn of a new turn returned None, not its row's id"
     assert_database_time(
-        (await get(replica, user, ws)).updated_at, before, after, "persist_user_turn"
+        (await existing_message(replica, user, ws, "user row")).updated_at,
+        before,
+        after,
+        "persist_user_turn",
     )
 
     before = await db_clock.now()
     shell = await replica.persist_assistant_shell(chat_id=chat, workspace_id=ws, turn_id=turn)
     after = await db_clock.now()
-    assert shell is not None
+    assert shell is not None, "persist_assistant_shell of a new turn returned None, not an id"
     assert_database_time(
-        (await get(replica, shell, ws)).updated_at, before, after, "persist_assistant_shell"
+        (await existing_message(replica, shell, ws, "assistant row")).updated_at,
+        before,
+        after,
+        "persist_assistant_shell",
     )
 
     before = await db_clock.now()
     assert await replica.append_step(
         message_id=shell, workspace_id=ws, content="step", parts=text_parts("step")
-    )
+    ), "append_step on a fresh streaming row returned False; expected True"
     after = await db_clock.now()
-    assert_database_time((await get(replica, shell, ws)).updated_at, before, after, "append_step")
+    assert_database_time(
+        (await existing_message(replica, shell, ws, "assistant row")).updated_at,
+        before,
+        after,
+        "append_step",
+    )
 
     before = await db_clock.now()
     assert await replica.finalize(
@@ -351,9 +408,14 @@ async def test_message_writes_take_updated_at_from_database_clock(open_store, db
         content="done",
         parts=text_parts("done"),
         usage=None,
-    )
+    ), "finalize of a streaming row returned False; expected True"
     after = await db_clock.now()
-    assert_database_time((await get(replica, shell, ws)).updated_at, before, after, "finalize")
+    assert_database_time(
+        (await existing_message(replica, shell, ws, "assistant row")).updated_at,
+        before,
+        after,
+        "finalize",
+    )
 
 
 @pytest.mark.requirement("MSG-5")
@@ -361,13 +423,16 @@ async def test_message_writes_take_updated_at_from_database_clock(open_store, db
 async def test_sweep_takes_updated_at_from_database_clock(store, open_store, db_clock):
     """A sweep by a replica whose clock runs ahead stamps the aborted row with database time."""
     turn = await streaming_turn(store)
-    await db_clock.let_pass(STALE)
+    await db_clock.let_pass(STALE_ONLY)
     sweeper = await open_store(clock=skewed_clock(SKEW), name="sweeper-ahead")
     before = await db_clock.now()
-    swept = await sweeper.sweep_streaming(older_than=STALE)
+    swept = await sweeper.sweep_streaming(older_than=STALE_ONLY)
     after = await db_clock.now()
-    row = await get(store, turn)
-    assert (swept, row.status) == (1, "aborted"), "set-up: the stale row was not swept"
+    row = await assistant_row(store, turn)
+    assert (swept, row.status) == (1, "aborted"), (
+        f"set-up: expected the one stale row swept (1, 'aborted'), found sweep_streaming "
+        f"returned {swept} and the row is {row.status!r}"
+    )
     assert_database_time(row.updated_at, before, after, "sweep_streaming")
 
 
@@ -387,9 +452,12 @@ async def test_finalize_sets_status_content_and_parts(store, status):
         parts=FINAL_PARTS,
         usage=None,
     )
-    assert done is True
-    row = await get(store, turn)
-    assert (row.status, row.content, row.parts) == (status, "final answer", FINAL_PARTS)
+    assert done is True, f"expected finalize of a streaming row to return True, got {done!r}"
+    row = await assistant_row(store, turn)
+    assert (row.status, row.content, row.parts) == (status, "final answer", FINAL_PARTS), (
+        f"expected the finalize stored ({status!r}, 'final answer', parts {FINAL_PARTS}), found "
+        f"{describe_message(row)}, parts {row.parts}"
+    )
 
 
 @pytest.mark.requirement("MSG-6")
@@ -400,10 +468,14 @@ async def test_finalize_wins_over_a_sweep(store, db_clock):
     mid, ws = turn.assistant_message_id, turn.workspace_id
     assert await store.append_step(
         message_id=mid, workspace_id=ws, content="partial", parts=text_parts("partial")
+    ), "set-up: append_step on a fresh streaming row returned False; expected True"
+    await db_clock.let_pass(STALE_ONLY)
+    swept = await store.sweep_streaming(older_than=STALE_ONLY)
+    aborted = await assistant_row(store, turn)
+    assert (swept, aborted.status) == (1, "aborted"), (
+        f"set-up: expected the sweep to abort the one stale row, found it returned {swept} and "
+        f"the row is {aborted.status!r}"
     )
-    await db_clock.let_pass(STALE)
-    assert await store.sweep_streaming(older_than=STALE) == 1
-    assert (await get(store, turn)).status == "aborted", "set-up: the sweep did not abort the row"
     done = await store.finalize(
         message_id=mid,
         workspace_id=ws,
@@ -412,9 +484,12 @@ async def test_finalize_wins_over_a_sweep(store, db_clock):
         parts=FINAL_PARTS,
         usage=None,
     )
-    assert done is True, "finalize over a swept row must still apply"
-    row = await get(store, turn)
-    assert (row.status, row.content, row.parts) == ("completed", "final answer", FINAL_PARTS)
+    assert done is True, f"expected finalize over a swept row to apply (True), got {done!r}"
+    row = await assistant_row(store, turn)
+    assert (row.status, row.content, row.parts) == ("completed", "final answer", FINAL_PARTS), (
+        f"expected the finalize to win over the sweep ('completed', 'final answer'), found "
+        f"{describe_message(row)}"
+    )
 
 
 @pytest.mark.requirement("MSG-6")
@@ -431,8 +506,11 @@ async def test_second_finalize_overwrites(store):
             usage=None,
         )
         assert done is True, f"finalize to {status!r} over a finalized row returned {done!r}"
-        row = await get(store, turn)
-        assert (row.status, row.content, row.parts) == (status, text, text_parts(text))
+        row = await assistant_row(store, turn)
+        assert (row.status, row.content, row.parts) == (status, text, text_parts(text)), (
+            f"expected the later finalize to overwrite the row with ({status!r}, {text!r}), "
+            f"found {describe_message(row)}"
+        )
 
 
 @pytest.mark.requirement("MSG-6")
@@ -442,17 +520,24 @@ async def test_second_finalize_overwrites(store):
 async def test_finalize_rejects_unknown_status(store, status):
     """finalize with a status not completed/error/aborted raises InvalidArgument, no write."""
     turn = await streaming_turn(store)
-    before = await get(store, turn)
-    with pytest.raises(InvalidArgument):
-        await store.finalize(
+    before = await assistant_row(store, turn)
+    await raised_by(
+        InvalidArgument,
+        store.finalize(
             message_id=turn.assistant_message_id,
             workspace_id=turn.workspace_id,
             status=status,
             content="should not land",
             parts=text_parts("should not land"),
             usage=None,
-        )
-    assert await get(store, turn) == before, f"finalize(status={status!r}) wrote to the row"
+        ),
+        f"finalize(status={status!r})",
+    )
+    after = await assistant_row(store, turn)
+    assert after == before, (
+        f"expected the rejected finalize(status={status!r}) to write nothing, but the row went "
+        f"from {describe_message(before)} to {describe_message(after)}"
+    )
 
 
 @pytest.mark.requirement("MSG-6")
@@ -460,16 +545,20 @@ async def test_finalize_rejects_unknown_status(store, status):
 async def test_finalize_with_unknown_status_writes_no_usage(store):
     """A finalize rejected for its status writes no usage row either."""
     turn = await streaming_turn(store)
-    with pytest.raises(InvalidArgument):
-        await store.finalize(
+    await raised_by(
+        InvalidArgument,
+        store.finalize(
             message_id=turn.assistant_message_id,
             workspace_id=turn.workspace_id,
             status="finished",
             content="x",
             parts=text_parts("x"),
             usage=USAGE_A,
-        )
-    assert await store.usage_for(message_id=turn.assistant_message_id) == []
+        ),
+        "finalize(status='finished') with usage",
+    )
+    usage = await store.usage_for(message_id=turn.assistant_message_id)
+    assert usage == [], f"expected the rejected finalize to write no usage, found {usage}"
 
 
 # --- MSG-7 ---------------------------------------------------------------------------------
@@ -487,10 +576,12 @@ async def test_empty_finalize_stores_no_text_marker(store, status):
         content="",
         parts=[],
         usage=None,
+    ), f"finalize to {status!r} of a streaming row returned False; expected True"
+    row = await assistant_row(store, turn)
+    assert (row.status, row.parts) == (status, [NO_TEXT_PART]), (
+        f"expected status {status!r} and the single part {NO_TEXT_PART}, found status "
+        f"{row.status!r}, parts {row.parts}"
     )
-    row = await get(store, turn)
-    assert row.status == status
-    assert row.parts == [NO_TEXT_PART]
 
 
 @pytest.mark.requirement("MSG-7")
@@ -504,10 +595,12 @@ async def test_marker_only_when_there_is_nothing(store):
         content="an answer",
         parts=[],
         usage=None,
+    ), "finalize of a streaming row returned False; expected True"
+    row = await assistant_row(store, text_only)
+    assert row.content == "an answer", f"expected content 'an answer', found {row.content!r}"
+    assert NO_TEXT_PART not in row.parts, (
+        f"a finalize that had text got the no-text marker: parts {row.parts}"
     )
-    row = await get(store, text_only)
-    assert row.content == "an answer"
-    assert NO_TEXT_PART not in row.parts, "a finalize that had text got the no-text marker"
 
     tools_only = await streaming_turn(store)
     tool_parts = [{"type": "tool-call", "toolCallId": "c1", "toolName": "ls", "args": {}}]
@@ -518,9 +611,12 @@ async def test_marker_only_when_there_is_nothing(store):
         content="",
         parts=tool_parts,
         usage=None,
+    ), "finalize of a streaming row returned False; expected True"
+    row = await assistant_row(store, tools_only)
+    assert (row.content, row.parts) == ("", tool_parts), (
+        f"expected a finalize with parts but no text to keep exactly its parts {tool_parts}, "
+        f"found content {row.content!r}, parts {row.parts}"
     )
-    row = await get(store, tools_only)
-    assert (row.content, row.parts) == ("", tool_parts)
 
 
 # --- MSG-8 ---------------------------------------------------------------------------------
@@ -540,9 +636,12 @@ async def test_finalize_of_missing_message_returns_false(store):
         parts=text_parts("x"),
         usage=None,
     )
-    assert done is False
+    assert done is False, f"expected finalize of a missing message to return False, got {done!r}"
     after = await store.list_messages(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
-    assert after == before
+    assert after == before, (
+        f"expected finalize of a missing message to write nothing, but the chat went from "
+        f"{[describe_message(m) for m in before]} to {[describe_message(m) for m in after]}"
+    )
 
 
 @pytest.mark.requirement("MSG-8")
@@ -559,8 +658,9 @@ async def test_finalize_of_missing_message_writes_no_usage(store):
         parts=text_parts("x"),
         usage=USAGE_A,
     )
-    assert done is False
-    assert await store.usage_for(message_id=missing) == []
+    assert done is False, f"expected finalize of a missing message to return False, got {done!r}"
+    usage = await store.usage_for(message_id=missing)
+    assert usage == [], f"expected no usage for a missing message, found {usage}"
 
 
 @pytest.mark.requirement("MSG-8", "WS-1")
@@ -568,7 +668,7 @@ async def test_finalize_of_missing_message_writes_no_usage(store):
 async def test_finalize_in_other_workspace_returns_false_and_writes_no_usage(store):
     """finalize of a real message under another workspace id returns False, writes nothing."""
     turn = await streaming_turn(store)
-    before = await get(store, turn)
+    before = await assistant_row(store, turn)
     done = await store.finalize(
         message_id=turn.assistant_message_id,
         workspace_id=new_workspace(),
@@ -577,11 +677,16 @@ async def test_finalize_in_other_workspace_returns_false_and_writes_no_usage(sto
         parts=text_parts("hijacked"),
         usage=USAGE_A,
     )
-    assert done is False
-    assert await get(store, turn) == before, "a foreign-workspace finalize changed the row"
-    assert await store.usage_for(message_id=turn.assistant_message_id) == [], (
-        "a foreign-workspace finalize wrote a usage row"
+    assert done is False, (
+        f"expected finalize under another workspace id to return False, got {done!r}"
     )
+    after = await assistant_row(store, turn)
+    assert after == before, (
+        f"expected a foreign-workspace finalize to change nothing, but the row went from "
+        f"{describe_message(before)} to {describe_message(after)}"
+    )
+    usage = await store.usage_for(message_id=turn.assistant_message_id)
+    assert usage == [], f"expected a foreign-workspace finalize to write no usage, found {usage}"
 
 
 # --- MSG-9 ---------------------------------------------------------------------------------
@@ -596,9 +701,13 @@ async def test_persist_on_missing_chat_returns_none(store, op):
     missing = missing_id_like(chat)
     turn = new_turn_id()
     result = await persist(store, op, chat_id=missing, workspace_id=ws, turn_id=turn)
-    assert result is None, f"{op} on a missing chat returned {result!r}"
-    assert await store.list_messages(chat_id=missing, workspace_id=ws) == []
-    assert await store.list_messages(chat_id=chat, workspace_id=ws) == []
+    assert result is None, f"expected {op} on a missing chat to return None, got {result!r}"
+    for chat_id in (missing, chat):
+        rows = await store.list_messages(chat_id=chat_id, workspace_id=ws)
+        assert rows == [], (
+            f"expected {op} on a missing chat to write nothing, found in chat {chat_id!r}: "
+            f"{[describe_message(m) for m in rows]}"
+        )
 
 
 @pytest.mark.requirement("MSG-9", "WS-1")
@@ -609,11 +718,20 @@ async def test_persist_on_foreign_chat_returns_none(store, op):
     chat = await store.create_chat(workspace_id=owner_ws)
     turn = new_turn_id()
     result = await persist(store, op, chat_id=chat, workspace_id=foreign_ws, turn_id=turn)
-    assert result is None, f"{op} on another workspace's chat returned {result!r}"
-    assert await store.list_messages(chat_id=chat, workspace_id=owner_ws) == []
-    assert await store.list_messages(chat_id=chat, workspace_id=foreign_ws) == []
+    assert result is None, (
+        f"expected {op} on another workspace's chat to return None, got {result!r}"
+    )
+    for ws in (owner_ws, foreign_ws):
+        rows = await store.list_messages(chat_id=chat, workspace_id=ws)
+        assert rows == [], (
+            f"expected {op} on another workspace's chat to write nothing, found under "
+            f"workspace {ws!r}: {[describe_message(m) for m in rows]}"
+        )
     # The owner's own persist of that turn is unaffected and makes the only row.
     own = await persist(store, op, chat_id=chat, workspace_id=owner_ws, turn_id=turn)
-    assert own is not None
+    assert own is not None, f"the owner's own {op} returned None after the foreign attempt"
     rows = await store.list_messages(chat_id=chat, workspace_id=owner_ws)
-    assert [(m.id, m.workspace_id) for m in rows] == [(own, owner_ws)]
+    found = [(m.id, m.workspace_id) for m in rows]
+    assert found == [(own, owner_ws)], (
+        f"expected the owner's one row {(own, owner_ws)}, found (id, workspace) {found}"
+    )

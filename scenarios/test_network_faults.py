@@ -24,17 +24,20 @@ from typing import Any
 import anyio
 import pytest
 
-from harness import Message, Run, RunAlreadyActive, TurnStore, Usage
+from harness import Message, Run, RunAlreadyActive, TurnStore, Usage, UsageIn
 from harness.errors import ScenarioPremiseError
-from harness.network_faults import FaultyReplica
 from harness.proxy.statement_gate import StatementEvent, StatementGate
+from harness.pytest_plugin.network_faults import FaultyReplica
 
 from .support import (
     ACTIVE_RUN_STATUSES,
-    STALE,
+    FINAL,
+    FRESH_FOR,
     USAGE_A,
     Turn,
+    assistant_row,
     describe_error,
+    describe_message,
     new_turn_id,
     new_workspace,
     streaming_turn,
@@ -42,7 +45,7 @@ from .support import (
     usage_values,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.capability("turns")]
 
 HOLD_MS = 600_000
 """A latency no scenario outlives: the toxic holds the bytes until it is removed."""
@@ -53,8 +56,15 @@ WAIT = 10.0
 POLL = 0.002
 """Bound on each wait for another thread's news (the proxy's)."""
 
-FINAL = "the final answer"
 FINAL_PARTS = [{"type": "text", "text": FINAL}, {"type": "finish", "reason": "stop"}]
+
+
+async def connected(faulty_store, name: str) -> FaultyReplica:
+    """A replica behind a proxy of its own, its connection already open: a pooled store
+    connects on first use, and the fault must meet the operation, not the connect."""
+    replica = await faulty_store(name=name)
+    await replica.store.list_messages(chat_id="warm-up", workspace_id=new_workspace())
+    return replica
 
 
 def premise(holds: bool, message: str) -> None:
@@ -118,14 +128,6 @@ async def cut_short(operation: Awaitable[Any], what: str) -> BaseException:
     return raised(outcome, what)
 
 
-async def message(store: TurnStore, turn: Turn) -> Message:
-    row = await store.get_message(
-        message_id=turn.assistant_message_id, workspace_id=turn.workspace_id
-    )
-    assert row is not None, f"assistant message {turn.assistant_message_id!r} vanished"
-    return row
-
-
 async def stepped_turn(store: TurnStore, text: str = "first step") -> Turn:
     """A streaming assistant row carrying one finished step."""
     turn = await streaming_turn(store)
@@ -134,24 +136,19 @@ async def stepped_turn(store: TurnStore, text: str = "first step") -> Turn:
         workspace_id=turn.workspace_id,
         content=text,
         parts=text_parts(text),
-    ), "set-up: append_step on a fresh streaming row returned False"
+    ), "set-up: append_step on a fresh streaming row returned False; expected True"
     return turn
 
 
-def finalize(store: TurnStore, turn: Turn) -> Awaitable[bool]:
+def finalize(store: TurnStore, turn: Turn, usage: UsageIn | None = USAGE_A) -> Awaitable[bool]:
+    """The turn's finalize to 'completed' with FINAL (and, in `usage` scenarios, USAGE_A)."""
     return store.finalize(
         message_id=turn.assistant_message_id,
         workspace_id=turn.workspace_id,
         status="completed",
         content=FINAL,
         parts=FINAL_PARTS,
-        usage=USAGE_A,
-    )
-
-
-def describe_row(row: Message, usage: list[Usage]) -> str:
-    return (
-        f"status {row.status!r}, content {row.content!r}, usage {[usage_values(u) for u in usage]}"
+        usage=usage,
     )
 
 
@@ -167,14 +164,14 @@ async def finalize_landed_whole_or_not_at_all(
 ) -> bool:
     """Whether the cut finalize landed: whole (finalized with its one usage row) or not
     at all (the row exactly as before, no usage); anything between fails (DUR-2)."""
-    row = await message(healthy, turn)
+    row = await assistant_row(healthy, turn)
     usage = await healthy.usage_for(message_id=turn.assistant_message_id)
     whole = is_finalized(row, usage)
     nothing = row == before and usage == []
     assert whole or nothing, (
-        f"finalize cut by {fault} left a partial write: {describe_row(row, usage)}; expected "
+        f"finalize cut by {fault} left a partial write: {describe_message(row, usage)}; expected "
         f"either the finalized row with its one usage row, or the row as before "
-        f"({describe_row(before, [])})"
+        f"({describe_message(before, [])})"
     )
     return whole
 
@@ -188,8 +185,8 @@ async def test_late_step_held_in_transit_is_a_no_op(faulty_store, open_store, db
     """A step held in transit by a latency toxic until another replica finalized changes nothing."""
     healthy = await open_store(name="healthy")
     turn = await stepped_turn(healthy)
-    writer = await faulty_store(name="writer")
-    finisher = await faulty_store(name="finisher")
+    writer = await connected(faulty_store, "writer")
+    finisher = await connected(faulty_store, "finisher")
     step_seq = len(writer.gate.events) + 1 if writer.has_gate else 0
     held = writer.add_toxic("latency", stream="upstream", latency=HOLD_MS)
 
@@ -202,14 +199,16 @@ async def test_late_step_held_in_transit_is_a_no_op(faulty_store, open_store, db
     async with in_background(late_step) as step:
         if writer.has_gate:  # the step's statement is on the wire, inside the toxic
             await writer.gate.wait_sent(step_seq)
-        finalized_ok = await finalize(finisher.store, turn)
+        finalized_ok = await finalize(finisher.store, turn, usage=None)
         committed_by = await db_clock.now()
-        finalized = await message(healthy, turn)
+        finalized = await assistant_row(healthy, turn)
         answered_while_held = step.done
         released_at = time.monotonic()
         writer.remove_toxic(held)
 
-    assert finalized_ok is True, "finalize of a streaming row returned False"
+    assert finalized_ok is True, (
+        f"expected finalize of a streaming row to return True, got {finalized_ok!r}"
+    )
     premise(
         not answered_while_held,
         "append_step completed while the latency toxic was holding its bytes",
@@ -234,12 +233,13 @@ async def test_late_step_held_in_transit_is_a_no_op(faulty_store, open_store, db
         )
     stepped = returned(step, "the late append_step")
     assert stepped is False, (
-        f"append_step reached the database after the finalize committed, yet returned "
-        f"{stepped!r}, not False"
+        f"expected False: append_step reached the database after the finalize committed, yet "
+        f"returned {stepped!r}"
     )
-    after = await message(healthy, turn)
+    after = await assistant_row(healthy, turn)
     assert after == finalized, (
-        f"the late step changed the finalized row: before {finalized}, after {after}"
+        f"expected the late step to leave the finalized row as it was, "
+        f"{describe_message(finalized)}; found {describe_message(after)}"
     )
 
 
@@ -295,13 +295,18 @@ class PersistTurn(Retried):
 
     async def landed(self, healthy: TurnStore) -> bool:
         rows = await self.rows(healthy)
-        assert len(rows) <= 1, f"the lost {self.operation} left {len(rows)} rows for one turn"
+        assert len(rows) <= 1, (
+            f"expected at most one {self.role} row for the turn, but the lost {self.operation} "
+            f"left {len(rows)}: {[r.id for r in rows]}"
+        )
         self.written = rows[0].id if rows else None
         return bool(rows)
 
     async def retry_converges(self, healthy: TurnStore) -> None:
         retried = await self.retry(healthy)
-        assert retried is not None, f"the retried {self.operation} returned None"
+        assert retried is not None, (
+            f"expected the retried {self.operation} to return the row's id, got None"
+        )
         if self.written is not None:
             assert retried == self.written, (
                 f"the retried {self.operation} returned {retried!r}, but the lost attempt "
@@ -326,14 +331,15 @@ class Finalize(Retried):
         return finalize(store, self.turn)
 
     async def landed(self, healthy: TurnStore) -> bool:
-        return (await message(healthy, self.turn)).status != "streaming"
+        return (await assistant_row(healthy, self.turn)).status != "streaming"
 
     async def retry_converges(self, healthy: TurnStore) -> None:
-        assert await self.retry(healthy) is True, "the retried finalize returned False"
-        row = await message(healthy, self.turn)
+        done = await self.retry(healthy)
+        assert done is True, f"expected the retried finalize to return True, got {done!r}"
+        row = await assistant_row(healthy, self.turn)
         usage = await healthy.usage_for(message_id=self.turn.assistant_message_id)
         assert is_finalized(row, usage), (
-            f"after the retried finalize the row is {describe_row(row, usage)}; expected "
+            f"after the retried finalize the row is {describe_message(row, usage)}; expected "
             f"'completed', {FINAL!r} and exactly one usage row {usage_values(USAGE_A)}"
         )
 
@@ -373,9 +379,10 @@ class BeginRun(Retried):
             f"after the retry the chat's latest run is {latest.status!r}, not active: {latest}"
         )
         expected = retried or self.lost_run
-        assert expected is not None
+        assert expected is not None, "expected the retry or the lost attempt to have made a run"
         assert latest.id == expected.id, (
-            f"latest_run shows run {latest.id!r}, expected {expected.id!r}"
+            f"expected latest_run to show run {expected.id!r} (the "
+            f"{'retry' if retried else 'lost attempt'}'s), found run {latest.id!r}"
         )
         # Exactly one active run: once it is finished, nothing else blocks a new begin.
         assert await healthy.finish_run(run_id=latest.id, status="aborted"), (
@@ -439,15 +446,19 @@ def fault_id(fault: WireFault) -> str:
 
 
 def server_answered(fault: WireFault, replica: FaultyReplica, first_seq: int) -> bool:
-    """Whether the server executed a statement whose answer the fault then lost, when the
-    write itself did not land (an operation of several statements loses the first answer).
+    """Whether the server answered a statement of the operation (executed it, or, for a
+    describe-first client, answered its Parse/Describe) and the fault then lost that answer,
+    when the write itself did not land (an operation of several statements loses the first).
 
     The gate saw it answered; without a gate (a real Toxiproxy) the toxic's spec tells:
     reset_peer and limit_data act on the server's answer bytes only, so the operation's
     error proves there was an answer, whereas a timeout may close before the request came.
     """
     if replica.has_gate:
-        return any(event.executed for event in replica.gate.events[first_seq - 1 :])
+        return any(
+            event.executed or event.answered_at is not None
+            for event in replica.gate.events[first_seq - 1 :]
+        )
     return fault.toxic != "timeout"
 
 
@@ -462,7 +473,7 @@ async def test_retry_after_a_lost_request_or_answer_converges(
     operation: Retried = make()
     healthy = await open_store(name="healthy")
     await operation.setup(healthy)
-    replica = await faulty_store(name="cut")
+    replica = await connected(faulty_store, "cut")
     first_seq = len(replica.gate.events) + 1 if replica.has_gate else 0
     replica.add_toxic(fault.toxic, stream=fault.stream, **fault.attributes)
 
@@ -493,7 +504,7 @@ async def test_retry_after_the_answer_to_any_statement_was_lost_converges(
     for k in range(1, statements + 1):
         operation: Retried = make()
         await operation.setup(healthy)
-        replica = await faulty_store(name=f"cut-after-statement-{k}")
+        replica = await connected(faulty_store, f"cut-after-statement-{k}")
         gate = replica.gate
         seq = gate.cut_after_send(len(gate.events) + k)
 
@@ -513,7 +524,7 @@ async def test_retry_after_the_answer_to_any_statement_was_lost_converges(
 async def count_statements(faulty_store, healthy: TurnStore, operation: Retried) -> int:
     """How many statements the operation sends, from a run of it through a gate."""
     await operation.setup(healthy)
-    probe = await faulty_store(name="probe")
+    probe = await connected(faulty_store, "probe")
     before = len(probe.gate.events)
     await operation.attempt(probe.store)
     count = len(probe.gate.events) - before
@@ -534,8 +545,8 @@ async def test_finalize_cut_on_the_wire_lands_whole_or_not_at_all(faulty_store, 
     """A finalize with usage whose connection dies on the answer: both rows or neither."""
     healthy = await open_store(name="healthy")
     turn = await stepped_turn(healthy)
-    before = await message(healthy, turn)
-    replica = await faulty_store(name="cut")
+    before = await assistant_row(healthy, turn)
+    replica = await connected(faulty_store, "cut")
     replica.add_toxic(fault.toxic, stream=fault.stream, **fault.attributes)
 
     await cut_short(finalize(replica.store, turn), f"finalize under {fault}")
@@ -558,7 +569,7 @@ class HoldPoint:
 
 async def hold_points(faulty_store, healthy: TurnStore, name: str) -> list[HoldPoint]:
     """Every place an operation can be held, from a run of it through a gate."""
-    probe = await faulty_store(name=f"probe-{name}")
+    probe = await connected(faulty_store, f"probe-{name}")
     before = len(probe.gate.events)
     turn = await stepped_turn(healthy)
     await OPERATIONS_HELD[name](probe.store, turn)
@@ -593,15 +604,16 @@ OPERATIONS_HELD = {"finalize": finalize, "append_step": big_step}
 async def step_landed_whole_or_not_at_all(
     healthy: TurnStore, turn: Turn, before: Message, fault: str
 ) -> bool:
-    row = await message(healthy, turn)
+    row = await assistant_row(healthy, turn)
     whole = (row.status, row.content, row.parts) == (
         "streaming",
         LARGE_STEP_TEXT,
         LARGE_STEP_PARTS,
     )
     assert whole or row == before, (
-        f"append_step cut by {fault} left a partial write: {row}; expected the step whole, "
-        f"or the row as before ({before})"
+        f"append_step cut by {fault} left a partial write: {describe_message(row)}, "
+        f"{len(row.parts)} parts; expected the step whole, or the row as before "
+        f"({describe_message(before)})"
     )
     return whole
 
@@ -622,8 +634,8 @@ async def test_proxy_down_mid_operation_lands_whole_or_not_at_all(faulty_store, 
     }[name]
     for n, point in enumerate(await hold_points(faulty_store, healthy, name), 1):
         turn = await stepped_turn(healthy)
-        before = await message(healthy, turn)
-        replica = await faulty_store(name=f"held-{n}")
+        before = await assistant_row(healthy, turn)
+        replica = await connected(faulty_store, f"held-{n}")
         gate = replica.gate
         seq = len(gate.events) + point.statement
         if point.before_commit:
@@ -657,24 +669,26 @@ async def executed_before_commit(gate: StatementGate, seq: int) -> StatementEven
 async def test_proxy_down_between_operations_keeps_the_turn_whole(faulty_store, open_store):
     """The proxy down between operations: they fail and change nothing; once up, the turn ends."""
     healthy = await open_store(name="healthy")
-    writer = await faulty_store(name="writer")
+    writer = await connected(faulty_store, "writer")
     turn = await stepped_turn(writer.store)
-    before = await message(healthy, turn)
+    before = await assistant_row(healthy, turn)
 
     writer.down()
     await cut_short(big_step(writer.store, turn), "append_step with the proxy down")
     await cut_short(finalize(writer.store, turn), "finalize with the proxy down")
 
     usage = await healthy.usage_for(message_id=turn.assistant_message_id)
-    after = await message(healthy, turn)
+    after = await assistant_row(healthy, turn)
     assert (after, usage) == (before, []), (
         f"operations that failed with the proxy down changed the turn: "
-        f"{describe_row(after, usage)}, expected it as before ({describe_row(before, [])})"
+        f"{describe_message(after, usage)}, expected it as before "
+        f"({describe_message(before, [])})"
     )
     writer.up()
-    assert await finalize(await writer.reconnect(), turn), "finalize after the proxy came back"
+    done = await finalize(await writer.reconnect(), turn)
+    assert done is True, f"expected the finalize after the proxy came back to return True: {done!r}"
     landed = await finalize_landed_whole_or_not_at_all(healthy, turn, before, "no fault")
-    assert landed, "the finalize after the proxy came back returned True but did not land"
+    assert landed, "expected the finalize after the proxy came back to land; it returned True only"
 
 
 # Large parts through a throttled or sliced link --------------------------------------
@@ -739,7 +753,7 @@ async def test_large_parts_arrive_intact_through_a_shaped_link(faulty_store, ope
     """About 1 MB of parts through a throttled or sliced link is stored and read back intact."""
     healthy = await open_store(name="healthy")
     turn = await streaming_turn(healthy)
-    replica = await faulty_store(name="shaped")
+    replica = await connected(faulty_store, "shaped")
     parts = large_parts()
     size = wire_size(parts)
     for stream in ("upstream", "downstream"):
@@ -758,12 +772,14 @@ async def test_large_parts_arrive_intact_through_a_shaped_link(faulty_store, ope
     )
     read = time.monotonic()
 
-    assert stored is True, f"append_step of a large step on a streaming row returned {stored!r}"
-    direct = await message(healthy, turn)
+    assert stored is True, (
+        f"expected append_step of a large step on a streaming row to return True, got {stored!r}"
+    )
+    direct = await assistant_row(healthy, turn)
     assert direct.parts == parts, (
         "the parts stored through the shaped link differ: " + first_difference(direct.parts, parts)
     )
-    assert row is not None, "get_message through the shaped link found no row"
+    assert row is not None, "expected get_message through the shaped link to find the row: None"
     assert row.parts == parts, (
         "the parts read back through the shaped link differ: " + first_difference(row.parts, parts)
     )
@@ -782,8 +798,8 @@ async def test_large_step_cut_midway_changes_nothing(faulty_store, open_store):
     """A 1 MB step whose link closes part-way through its request changes nothing."""
     healthy = await open_store(name="healthy")
     turn = await stepped_turn(healthy)
-    before = await message(healthy, turn)
-    replica = await faulty_store(name="cut")
+    before = await assistant_row(healthy, turn)
+    replica = await connected(faulty_store, "cut")
     parts = large_parts()
     half = wire_size(parts) // 2
     replica.add_toxic("limit_data", stream="upstream", bytes=half)
@@ -798,7 +814,7 @@ async def test_large_step_cut_midway_changes_nothing(faulty_store, open_store):
         f"append_step whose link closed after {half} request bytes",
     )
 
-    after = await message(healthy, turn)
+    after = await assistant_row(healthy, turn)
     assert after == before, (
         f"a step cut after {half} bytes of its request changed the row: status "
         f"{after.status!r}, content {after.content!r}, {len(after.parts)} parts; expected it "
@@ -814,35 +830,39 @@ async def test_large_step_cut_midway_changes_nothing(faulty_store, open_store):
 async def test_sweep_delayed_in_transit_is_judged_on_arrival(faulty_store, open_store, db_clock):
     """A sweep sent while a row was fresh and held until it was stale judges it on arrival."""
     healthy = await open_store(name="healthy")
-    sweeper = await faulty_store(name="sweeper")
+    sweeper = await connected(faulty_store, "sweeper")
     sweep_seq = len(sweeper.gate.events) + 1 if sweeper.has_gate else 0
     held = sweeper.add_toxic("latency", stream="upstream", latency=HOLD_MS)
     overdue = await streaming_turn(healthy)
-    written = (await message(healthy, overdue)).updated_at
+    written = (await assistant_row(healthy, overdue)).updated_at
 
     sent = written
-    async with in_background(sweeper.store.sweep_streaming(older_than=STALE)) as sweep:
+    async with in_background(sweeper.store.sweep_streaming(older_than=FRESH_FOR)) as sweep:
         if sweeper.has_gate:  # the sweep is on the wire while the row is still fresh
             await sweeper.gate.wait_sent(sweep_seq)
             sent = await db_clock.now()
-        await db_clock.let_pass(STALE)  # the row is stale by the database clock now
-        async with db_clock.within(STALE):
+        await db_clock.let_pass(FRESH_FOR)  # the row is stale by the database clock now
+        async with db_clock.within(FRESH_FOR):
             fresh = await streaming_turn(healthy)
-            fresh_before = await message(healthy, fresh)
+            fresh_before = await assistant_row(healthy, fresh)
             answered_while_held = sweep.done
             sweeper.remove_toxic(held)
             await sweep.ended.wait()
 
     premise(not answered_while_held, "the sweep completed while its bytes were held")
     premise(
-        sent - written < STALE,
+        sent - written < FRESH_FOR,
         f"the row had to be fresh when the sweep was sent, but it was {sent - written} old",
     )
     swept = returned(sweep, "the delayed sweep")
-    overdue_after = await message(healthy, overdue)
+    overdue_after = await assistant_row(healthy, overdue)
     assert overdue_after.status == "aborted", (
-        f"the row was stale by the database clock when the delayed sweep arrived, yet it is "
-        f"{overdue_after.status!r}: staleness was judged by the replica's time of sending"
+        f"expected 'aborted': the row was stale by the database clock when the delayed sweep "
+        f"arrived, yet it is {overdue_after.status!r} (staleness judged by the time of sending)"
     )
-    assert await message(healthy, fresh) == fresh_before, "the delayed sweep touched a fresh row"
-    assert swept == 1, f"sweep_streaming returned {swept}, expected 1"
+    fresh_after = await assistant_row(healthy, fresh)
+    assert fresh_after == fresh_before, (
+        f"expected the delayed sweep to leave the fresh row alone, but it went from "
+        f"{describe_message(fresh_before)} to {describe_message(fresh_after)}"
+    )
+    assert swept == 1, f"expected sweep_streaming to return 1 (the overdue row), got {swept}"

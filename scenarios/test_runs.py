@@ -12,18 +12,19 @@ from harness import InvalidArgument, Run, RunAlreadyActive, TurnStore
 
 from .support import (
     ACTIVE_RUN_STATUSES,
+    FRESH_FOR,
     SKEW,
-    STALE,
     TERMINAL_RUN_STATUSES,
     assert_not_run_already_active,
     begin_failure,
     missing_id_like,
     new_workspace,
+    raised_by,
     skewed_clock,
     streaming_turn,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.capability("turns")]
 
 
 async def new_chat(store: TurnStore, workspace_id: str | None = None) -> tuple[str, str]:
@@ -40,8 +41,55 @@ async def latest(store: TurnStore, ws: str, chat: str) -> Run:
 async def run_of(store: TurnStore, run: Run) -> Run:
     """The stored state of `run`, which must still be its chat's latest run."""
     current = await latest(store, run.workspace_id, run.chat_id)
-    assert current.id == run.id, f"latest_run returned run {current.id!r}, expected {run.id!r}"
+    assert current.id == run.id, (
+        f"expected latest_run to return run {run.id!r}, got {describe_run(current)}"
+    )
     return current
+
+
+def describe_run(run: Run | None) -> str:
+    """A run in words, for assertion messages."""
+    if run is None:
+        return "no run"
+    return (
+        f"run {run.id!r} status {run.status!r}, message {run.assistant_message_id!r}, "
+        f"{run.step_count} steps, stop requested {run.stop_requested}"
+    )
+
+
+async def assert_active(store: TurnStore, run: Run, why: str) -> Run:
+    current = await run_of(store, run)
+    assert current.status in ACTIVE_RUN_STATUSES, (
+        f"expected run {run.id!r} active ({why}), found {describe_run(current)}"
+    )
+    return current
+
+
+async def finished(store: TurnStore, run: Run, status: str) -> None:
+    """finish_run of an active run, which must apply."""
+    done = await store.finish_run(run_id=run.id, status=status)
+    assert done is True, (
+        f"expected finish_run({status!r}) of the active run {run.id!r} to return True, got {done!r}"
+    )
+
+
+async def linked(store: TurnStore, run: Run, message_id: str) -> None:
+    """link_assistant of an active run to a message of its chat, which must apply."""
+    done = await store.link_assistant(run_id=run.id, message_id=message_id)
+    assert done is True, (
+        f"expected link_assistant of run {run.id!r} to {message_id!r} to return True: {done!r}"
+    )
+
+
+async def stepped(store: TurnStore, run: Run) -> None:
+    """record_step of an active run, which must apply."""
+    done = await store.record_step(run_id=run.id)
+    assert done is True, f"expected record_step of active run {run.id!r} to return True: {done!r}"
+
+
+async def assert_no_run(store: TurnStore, chat: str, ws: str, why: str) -> None:
+    run = await store.latest_run(chat_id=chat, workspace_id=ws)
+    assert run is None, f"expected no run of chat {chat!r} ({why}), found {describe_run(run)}"
 
 
 # --- RUN-1 ---------------------------------------------------------------------------------
@@ -52,10 +100,19 @@ async def test_begin_starts_an_active_run(store):
     """begin_run returns an active run of the chat with no steps, no link and no stop request."""
     ws, chat = await new_chat(store)
     run = await store.begin_run(chat_id=chat, workspace_id=ws)
-    assert run.status in ACTIVE_RUN_STATUSES, f"a new run has status {run.status!r}"
-    assert (run.chat_id, run.workspace_id, run.trigger) == (chat, ws, "user")
-    assert (run.assistant_message_id, run.step_count, run.stop_requested) == (None, 0, False)
-    assert await run_of(store, run) == run
+    assert run.status in ACTIVE_RUN_STATUSES, f"expected a new run active, found {run.status!r}"
+    assert (run.chat_id, run.workspace_id, run.trigger) == (chat, ws, "user"), (
+        f"expected a run of chat {chat!r} in workspace {ws!r} with trigger 'user', found chat "
+        f"{run.chat_id!r}, workspace {run.workspace_id!r}, trigger {run.trigger!r}"
+    )
+    assert (run.assistant_message_id, run.step_count, run.stop_requested) == (None, 0, False), (
+        f"expected a new run with no message, no steps, no stop request: {describe_run(run)}"
+    )
+    stored = await run_of(store, run)
+    assert stored == run, (
+        f"expected latest_run to read back what begin_run returned, {describe_run(run)}; "
+        f"found {describe_run(stored)}"
+    )
 
 
 @pytest.mark.requirement("RUN-1")
@@ -65,14 +122,17 @@ async def test_second_begin_raises_run_already_active(store, open_store):
     first = await store.begin_run(chat_id=chat, workspace_id=ws)
     other = await open_store(name="replica-b")
     for replica in (store, other):
-        with pytest.raises(RunAlreadyActive) as raised:
-            await replica.begin_run(chat_id=chat, workspace_id=ws)
-        assert raised.value.chat_id == chat, (
-            f"RunAlreadyActive carries chat id {raised.value.chat_id!r}, expected {chat!r}"
+        conflict = await raised_by(
+            RunAlreadyActive,
+            replica.begin_run(chat_id=chat, workspace_id=ws),
+            "a second begin_run while a run is active",
+        )
+        assert conflict.chat_id == chat, (
+            f"expected RunAlreadyActive to carry chat id {chat!r}, found {conflict.chat_id!r}"
         )
     current = await latest(store, ws, chat)
     assert (current.id, current.status) == (first.id, first.status), (
-        f"the active run is no longer the first one: {current}"
+        f"expected the first run {first.id!r} still the active one, found {describe_run(current)}"
     )
 
 
@@ -87,10 +147,11 @@ async def test_one_active_run_rule_is_per_chat(store):
         await store.begin_run(chat_id=chat_2, workspace_id=ws),
         await store.begin_run(chat_id=chat_3, workspace_id=other_ws),
     ]
-    assert len({r.id for r in runs}) == 3
+    assert len({r.id for r in runs}) == 3, (
+        f"expected three distinct runs, found ids {[r.id for r in runs]}"
+    )
     for run in runs:
-        current = await run_of(store, run)
-        assert current.status in ACTIVE_RUN_STATUSES
+        await assert_active(store, run, "each chat has its own one active run")
 
 
 # --- RUN-2 ---------------------------------------------------------------------------------
@@ -103,7 +164,7 @@ async def test_begin_on_missing_chat_is_not_a_conflict(store):
     missing = missing_id_like(chat)
     error = await begin_failure(store, chat_id=missing, workspace_id=ws)
     assert_not_run_already_active(error, "the chat does not exist")
-    assert await store.latest_run(chat_id=missing, workspace_id=ws) is None
+    await assert_no_run(store, missing, ws, "the begin on a missing chat failed")
 
 
 @pytest.mark.requirement("RUN-2", "WS-1")
@@ -113,13 +174,13 @@ async def test_begin_in_other_workspace_is_not_a_conflict(store):
     foreign = new_workspace()
     error = await begin_failure(store, chat_id=chat, workspace_id=foreign)
     assert_not_run_already_active(error, "the chat belongs to another workspace")
-    assert await store.latest_run(chat_id=chat, workspace_id=foreign) is None
-    assert await store.latest_run(chat_id=chat, workspace_id=ws) is None, (
-        "the failed foreign begin left a run on the chat"
-    )
+    await assert_no_run(store, chat, foreign, "the foreign begin failed")
+    await assert_no_run(store, chat, ws, "the foreign begin failed and left nothing")
     # Nothing was left behind to block the owner.
     owner_run = await store.begin_run(chat_id=chat, workspace_id=ws)
-    assert owner_run.status in ACTIVE_RUN_STATUSES
+    assert owner_run.status in ACTIVE_RUN_STATUSES, (
+        f"expected the owner's begin_run to start an active run, got {describe_run(owner_run)}"
+    )
 
 
 # --- RUN-4 ---------------------------------------------------------------------------------
@@ -131,13 +192,19 @@ async def test_finish_run_ends_the_run_once(store, status):
     """finish_run ends an active run (True); again it returns False and changes nothing."""
     ws, chat = await new_chat(store)
     run = await store.begin_run(chat_id=chat, workspace_id=ws)
-    assert await store.finish_run(run_id=run.id, status=status) is True
-    finished = await run_of(store, run)
-    assert finished.status == status
+    await finished(store, run, status)
+    ended = await run_of(store, run)
+    assert ended.status == status, f"expected the run {status!r}, found {describe_run(ended)}"
     for again in TERMINAL_RUN_STATUSES:
         repeated = await store.finish_run(run_id=run.id, status=again)
-        assert repeated is False, f"finish_run({again!r}) on a {status!r} run returned {repeated!r}"
-    assert await run_of(store, run) == finished, "finishing a terminal run changed it"
+        assert repeated is False, (
+            f"expected finish_run({again!r}) on a {status!r} run to return False, got {repeated!r}"
+        )
+    after = await run_of(store, run)
+    assert after == ended, (
+        f"expected finishing a terminal run to change nothing, but it went from "
+        f"{describe_run(ended)} to {describe_run(after)}"
+    )
 
 
 @pytest.mark.requirement("RUN-4")
@@ -146,11 +213,10 @@ async def test_begin_after_finish_starts_a_new_run(store, status):
     """After finish_run, a new begin_run on the chat succeeds with a new run."""
     ws, chat = await new_chat(store)
     first = await store.begin_run(chat_id=chat, workspace_id=ws)
-    assert await store.finish_run(run_id=first.id, status=status) is True
+    await finished(store, first, status)
     second = await store.begin_run(chat_id=chat, workspace_id=ws)
-    assert second.id != first.id
-    assert second.status in ACTIVE_RUN_STATUSES
-    assert (await latest(store, ws, chat)).id == second.id
+    assert second.id != first.id, f"expected a new run, got the finished one {first.id!r} again"
+    await assert_active(store, second, "it was begun after the first finished")
 
 
 @pytest.mark.requirement("RUN-4")
@@ -160,9 +226,16 @@ async def test_finish_run_rejects_unknown_status(store, status):
     ws, chat = await new_chat(store)
     run = await store.begin_run(chat_id=chat, workspace_id=ws)
     before = await run_of(store, run)
-    with pytest.raises(InvalidArgument):
-        await store.finish_run(run_id=run.id, status=status)
-    assert await run_of(store, run) == before, f"finish_run(status={status!r}) changed the run"
+    await raised_by(
+        InvalidArgument,
+        store.finish_run(run_id=run.id, status=status),
+        f"finish_run(status={status!r})",
+    )
+    after = await run_of(store, run)
+    assert after == before, (
+        f"expected the rejected finish_run(status={status!r}) to change nothing, but the run "
+        f"went from {describe_run(before)} to {describe_run(after)}"
+    )
 
 
 # --- RUN-5 ---------------------------------------------------------------------------------
@@ -173,14 +246,15 @@ async def test_request_stop_flags_without_ending(store):
     """request_stop marks an active run stop-requested; it stays active until finished."""
     ws, chat = await new_chat(store)
     run = await store.begin_run(chat_id=chat, workspace_id=ws)
-    assert await store.request_stop(run_id=run.id) is True
-    stopping = await run_of(store, run)
-    assert stopping.stop_requested is True
-    assert stopping.status in ACTIVE_RUN_STATUSES, (
-        f"request_stop ended the run (status {stopping.status!r})"
+    stopped = await store.request_stop(run_id=run.id)
+    assert stopped is True, f"expected request_stop of an active run to return True: {stopped!r}"
+    stopping = await assert_active(store, run, "request_stop does not end it")
+    assert stopping.stop_requested is True, (
+        f"expected the run stop-requested, found {describe_run(stopping)}"
     )
-    assert await store.finish_run(run_id=run.id, status="aborted") is True
-    assert (await run_of(store, run)).status == "aborted"
+    await finished(store, run, "aborted")
+    ended = await run_of(store, run)
+    assert ended.status == "aborted", f"expected the run 'aborted', found {describe_run(ended)}"
 
 
 @pytest.mark.requirement("RUN-5")
@@ -189,11 +263,17 @@ async def test_request_stop_on_terminal_run_returns_false(store, status):
     """request_stop on a finished run returns False and changes nothing."""
     ws, chat = await new_chat(store)
     run = await store.begin_run(chat_id=chat, workspace_id=ws)
-    assert await store.finish_run(run_id=run.id, status=status)
-    finished = await run_of(store, run)
+    await finished(store, run, status)
+    ended = await run_of(store, run)
     stopped = await store.request_stop(run_id=run.id)
-    assert stopped is False, f"request_stop on a {status!r} run returned {stopped!r}"
-    assert await run_of(store, run) == finished
+    assert stopped is False, (
+        f"expected request_stop on a {status!r} run to return False: {stopped!r}"
+    )
+    after = await run_of(store, run)
+    assert after == ended, (
+        f"expected request_stop on a {status!r} run to change nothing, but it went from "
+        f"{describe_run(ended)} to {describe_run(after)}"
+    )
 
 
 @pytest.mark.requirement("RUN-5")
@@ -205,39 +285,40 @@ async def test_disconnect_does_not_end_the_run(adapter, turn_dsn, store):
         run = await writer.begin_run(chat_id=chat, workspace_id=ws)
     finally:
         await writer.aclose()
-    after = await run_of(store, run)
-    assert after.status in ACTIVE_RUN_STATUSES, f"the disconnect ended the run: {after.status!r}"
-    assert after.stop_requested is False, "the disconnect requested a stop"
+    after = await assert_active(store, run, "a disconnect ends nothing")
+    assert after.stop_requested is False, (
+        f"expected no stop request after a disconnect, found {describe_run(after)}"
+    )
     # Anyone may still finish it.
-    assert await store.finish_run(run_id=run.id, status="failed") is True
+    await finished(store, run, "failed")
 
 
 # --- RUN-6 ---------------------------------------------------------------------------------
 
 
 @pytest.mark.requirement("RUN-6")
-@pytest.mark.capability("turns")
 async def test_latest_run_carries_link_and_step_count(store):
     """latest_run shows the linked assistant message and the number of recorded steps."""
     turn = await streaming_turn(store)
     run = await store.begin_run(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
-    assert await store.link_assistant(run_id=run.id, message_id=turn.assistant_message_id)
+    await linked(store, run, turn.assistant_message_id)
     for _ in range(3):
-        assert await store.record_step(run_id=run.id) is True
-    current = await run_of(store, run)
-    assert (current.assistant_message_id, current.step_count) == (turn.assistant_message_id, 3)
-    assert current.status in ACTIVE_RUN_STATUSES
-    assert await store.finish_run(run_id=run.id, status="succeeded")
-    finished = await run_of(store, run)
-    assert (finished.status, finished.assistant_message_id, finished.step_count) == (
+        await stepped(store, run)
+    current = await assert_active(store, run, "it was not finished yet")
+    assert (current.assistant_message_id, current.step_count) == (turn.assistant_message_id, 3), (
+        f"expected the run linked to {turn.assistant_message_id!r} with 3 steps, found "
+        f"{describe_run(current)}"
+    )
+    await finished(store, run, "succeeded")
+    ended = await run_of(store, run)
+    assert (ended.status, ended.assistant_message_id, ended.step_count) == (
         "succeeded",
         turn.assistant_message_id,
         3,
-    )
+    ), f"expected the finished run to keep its link and 3 steps, found {describe_run(ended)}"
 
 
 @pytest.mark.requirement("RUN-6")
-@pytest.mark.capability("turns")
 async def test_latest_run_is_the_newest(store):
     """Of several runs of a chat, latest_run returns the newest, with its own link and steps."""
     ws, chat = await new_chat(store)
@@ -245,14 +326,17 @@ async def test_latest_run_is_the_newest(store):
     for index, status in enumerate(("succeeded", "failed", None)):
         turn = await streaming_turn(store, workspace_id=ws, chat_id=chat)
         run = await store.begin_run(chat_id=chat, workspace_id=ws)
-        assert await store.link_assistant(run_id=run.id, message_id=turn.assistant_message_id)
+        await linked(store, run, turn.assistant_message_id)
         for _ in range(index + 1):
-            assert await store.record_step(run_id=run.id)
+            await stepped(store, run)
         expected.append((run.id, turn.assistant_message_id, index + 1))
         current = await latest(store, ws, chat)
-        assert (current.id, current.assistant_message_id, current.step_count) == expected[-1]
+        assert (current.id, current.assistant_message_id, current.step_count) == expected[-1], (
+            f"expected the run just begun (id, message, steps) {expected[-1]}, found "
+            f"{describe_run(current)}"
+        )
         if status is not None:
-            assert await store.finish_run(run_id=run.id, status=status)
+            await finished(store, run, status)
     current = await latest(store, ws, chat)
     assert (current.id, current.assistant_message_id, current.step_count) == expected[-1], (
         "latest_run did not return the newest run"
@@ -266,12 +350,13 @@ async def test_latest_run_order_follows_database_clock(open_store):
     behind = await open_store(clock=skewed_clock(-SKEW), name="replica-behind")
     ws, chat = await new_chat(ahead)
     first = await ahead.begin_run(chat_id=chat, workspace_id=ws)
-    assert await ahead.finish_run(run_id=first.id, status="succeeded")
+    await finished(ahead, first, "succeeded")
     second = await behind.begin_run(chat_id=chat, workspace_id=ws)
     for replica in (ahead, behind):
         current = await latest(replica, ws, chat)
         assert current.id == second.id, (
-            "latest_run returned the older run begun by the replica whose clock runs ahead"
+            f"expected the run begun last, {second.id!r}, but latest_run returned the older run "
+            f"{current.id!r} begun by the replica whose clock runs ahead"
         )
 
 
@@ -279,7 +364,7 @@ async def test_latest_run_order_follows_database_clock(open_store):
 async def test_latest_run_of_chat_without_runs_is_none(store):
     """latest_run of a chat that never had a run returns None."""
     ws, chat = await new_chat(store)
-    assert await store.latest_run(chat_id=chat, workspace_id=ws) is None
+    await assert_no_run(store, chat, ws, "the chat never had one")
 
 
 # --- RUN-7 ---------------------------------------------------------------------------------
@@ -297,23 +382,32 @@ async def test_sweep_runs_aborts_stale_active_runs_only(store, db_clock):
         await store.begin_run(chat_id=chat_b, workspace_id=ws_b),
     ]
     done = await store.begin_run(chat_id=chat_done, workspace_id=ws_a)
-    assert await store.finish_run(run_id=done.id, status="succeeded")
+    await finished(store, done, "succeeded")
     done_before = await run_of(store, done)
-    await db_clock.let_pass(STALE)
-    async with db_clock.within(STALE):
+    await db_clock.let_pass(FRESH_FOR)
+    async with db_clock.within(FRESH_FOR):
         fresh = await store.begin_run(chat_id=chat_fresh, workspace_id=ws_b)
         fresh_before = await run_of(store, fresh)
-        swept = await store.sweep_runs(older_than=STALE)
+        swept = await store.sweep_runs(older_than=FRESH_FOR)
 
-    assert await run_of(store, fresh) == fresh_before, "sweep_runs touched a fresh active run"
-    assert await run_of(store, done) == done_before, "sweep_runs touched a finished run"
+    for run, before, what in (
+        (fresh, fresh_before, "fresh active"),
+        (done, done_before, "finished"),
+    ):
+        after = await run_of(store, run)
+        assert after == before, (
+            f"expected sweep_runs to leave a {what} run alone, but it went from "
+            f"{describe_run(before)} to {describe_run(after)}"
+        )
     for run in stale:
         after = await run_of(store, run)
-        assert after.status == "aborted", f"a stale active run was left {after.status!r}"
-    assert swept == 2, f"sweep_runs returned {swept}, expected the 2 stale active runs"
+        assert after.status == "aborted", (
+            f"expected the stale active run swept to 'aborted', found {describe_run(after)}"
+        )
+    assert swept == 2, f"expected sweep_runs to return 2 (the stale active runs), got {swept}"
     # The swept runs no longer block their chats.
     restarted = await store.begin_run(chat_id=chat_a, workspace_id=ws_a)
-    assert restarted.status in ACTIVE_RUN_STATUSES
+    await assert_active(store, restarted, "begun after the sweep ended the stale one")
 
 
 @pytest.mark.requirement("RUN-7")
@@ -323,19 +417,21 @@ async def test_record_step_keeps_a_run_fresh(store, db_clock):
     _, chat_idle = await new_chat(store, ws)
     kept = await store.begin_run(chat_id=chat_kept, workspace_id=ws)
     idle = await store.begin_run(chat_id=chat_idle, workspace_id=ws)
-    await db_clock.let_pass(STALE)
-    async with db_clock.within(STALE):
-        stepped = await store.record_step(run_id=kept.id)
-        swept = await store.sweep_runs(older_than=STALE)
+    await db_clock.let_pass(FRESH_FOR)
+    async with db_clock.within(FRESH_FOR):
+        refreshed = await store.record_step(run_id=kept.id)
+        swept = await store.sweep_runs(older_than=FRESH_FOR)
 
-    assert stepped is True
-    after = await run_of(store, kept)
-    assert after.status in ACTIVE_RUN_STATUSES, (
-        f"the sweep aborted a run record_step had just refreshed (status {after.status!r})"
+    assert refreshed is True, (
+        f"expected record_step on a stale but active run to return True, got {refreshed!r}"
     )
-    assert after.step_count == 1
-    assert (await run_of(store, idle)).status == "aborted", "set-up: the idle run was not swept"
-    assert swept == 1
+    after = await assert_active(store, kept, "record_step had just refreshed it")
+    assert after.step_count == 1, f"expected 1 recorded step, found {describe_run(after)}"
+    idle_after = await run_of(store, idle)
+    assert idle_after.status == "aborted", (
+        f"set-up: expected the idle run swept to 'aborted', found {describe_run(idle_after)}"
+    )
+    assert swept == 1, f"expected sweep_runs to return 1 (the idle run), got {swept}"
 
 
 @pytest.mark.requirement("RUN-7")
@@ -354,19 +450,18 @@ async def test_run_staleness_is_judged_by_database_clock(
     _, chat_stepped = await new_chat(writer, ws)
     _, chat_fresh = await new_chat(writer, ws)
     stale = await writer.begin_run(chat_id=chat_stale, workspace_id=ws)
-    stepped = await writer.begin_run(chat_id=chat_stepped, workspace_id=ws)
-    await db_clock.let_pass(STALE)
-    async with db_clock.within(STALE):
+    kept = await writer.begin_run(chat_id=chat_stepped, workspace_id=ws)
+    await db_clock.let_pass(FRESH_FOR)
+    async with db_clock.within(FRESH_FOR):
         fresh = await writer.begin_run(chat_id=chat_fresh, workspace_id=ws)
-        assert await writer.record_step(run_id=stepped.id)
-        swept = await sweeper.sweep_runs(older_than=STALE)
+        await stepped(writer, kept)
+        swept = await sweeper.sweep_runs(older_than=FRESH_FOR)
 
-    for run in (fresh, stepped):
-        status = (await run_of(writer, run)).status
-        assert status in ACTIVE_RUN_STATUSES, (
-            f"a fresh run was swept ({status!r}): staleness was not judged by the database clock"
-        )
-    assert (await run_of(writer, stale)).status == "aborted", (
-        "a stale run was spared: staleness was not judged by the database clock"
+    for run in (fresh, kept):
+        await assert_active(store=writer, run=run, why="it was fresh by the database clock")
+    stale_after = await run_of(writer, stale)
+    assert stale_after.status == "aborted", (
+        "expected the stale run 'aborted', but it was spared (staleness was not judged by the "
+        f"database clock): {describe_run(stale_after)}"
     )
-    assert swept == 1
+    assert swept == 1, f"expected sweep_runs to return 1 (the stale run), got {swept}"

@@ -23,7 +23,7 @@ from harness.postgres.databases import with_params
 
 from .support import (
     ACTIVE_RUN_STATUSES,
-    STALE,
+    STALE_ONLY,
     STEPS,
     ConfirmedWrites,
     append_steps,
@@ -34,7 +34,7 @@ from .support import (
     text_parts,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.capability("turns")]
 
 
 async def postmaster_started(dsn: str) -> datetime:
@@ -43,7 +43,7 @@ async def postmaster_started(dsn: str) -> datetime:
     async with await psycopg.AsyncConnection.connect(probe, autocommit=True) as conn:
         cursor = await conn.execute("SELECT pg_postmaster_start_time()")
         row = await cursor.fetchone()
-    assert row is not None
+    assert row is not None, "SELECT pg_postmaster_start_time() returned no row"
     return row[0]
 
 
@@ -93,12 +93,14 @@ async def test_a_turn_cut_by_a_server_crash_stays_readable_until_swept(
     reader = await open_store(name="reader")
     before = await assistant_row(reader, turn)
     assert (before.status, before.content) == ("streaming", STEPS[1]), (
-        f"the finished steps are not readable after the server's crash: {describe_message(before)}"
+        f"expected the finished steps readable after the server's crash ('streaming', "
+        f"{STEPS[1]!r}), found {describe_message(before)}"
     )
     active = await reader.latest_run(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
-    assert active is not None, "the run is gone after the server's crash"
+    assert active is not None, f"expected run {run.id!r} after the server's crash, found no run"
     assert (active.id, active.status in ACTIVE_RUN_STATUSES) == (run.id, True), (
-        f"the server's crash changed the run: {active}"
+        f"expected run {run.id!r} still active after the server's crash, found run "
+        f"{active.id!r} {active.status!r}"
     )
 
     # The writer's connection died with the server. Its next step may raise (the outcome
@@ -123,29 +125,34 @@ async def test_a_turn_cut_by_a_server_crash_stays_readable_until_swept(
     possible = STEPS[1:] if raised is not None else STEPS[2:]
     outcome = "returned True" if raised is None else f"raised {describe_error(raised)}"
     assert (current.status, current.content) in [("streaming", s) for s in possible], (
-        f"the writer's append_step after the crash {outcome}, and the row reads "
-        f"{describe_message(current)}"
+        f"the writer's append_step after the crash {outcome}, so the row had to be streaming "
+        f"with one of {list(possible)}; it reads {describe_message(current)}"
     )
 
     clock = await DatabaseClock.connect(with_params(turn_dsn, application_name="turnproof-clock"))
     try:
-        await clock.let_pass(STALE)
+        await clock.let_pass(STALE_ONLY)
     finally:
         await clock.aclose()
-    swept_messages = await reader.sweep_streaming(older_than=STALE)
-    swept_runs = await reader.sweep_runs(older_than=STALE)
+    swept_messages = await reader.sweep_streaming(older_than=STALE_ONLY)
+    swept_runs = await reader.sweep_runs(older_than=STALE_ONLY)
 
     after = await assistant_row(reader, turn)
     assert (after.status, after.content, after.parts) == (
         "aborted",
         current.content,
         current.parts,
-    ), f"the sweep did not close the cut turn's message, steps kept: {describe_message(after)}"
+    ), (
+        f"expected the sweep to close the cut turn's message with its steps kept ('aborted', "
+        f"{current.content!r}), found {describe_message(after)}"
+    )
     closed = await reader.latest_run(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
-    assert closed is not None, "the cut turn's run is gone"
+    assert closed is not None, f"expected the cut turn's run {run.id!r}, found no run"
     assert (closed.id, closed.status) == (run.id, "aborted"), (
-        f"the sweep did not close the cut turn's run: {closed}"
+        f"expected the sweep to close the cut turn's run {run.id!r} ('aborted'), found run "
+        f"{closed.id!r} {closed.status!r}"
     )
     assert (swept_messages, swept_runs) == (1, 1), (
-        f"the sweeps reported {swept_messages} message(s) and {swept_runs} run(s), not 1 and 1"
+        f"expected each sweep to close one (1, 1), got {swept_messages} message(s) and "
+        f"{swept_runs} run(s)"
     )

@@ -1,44 +1,34 @@
 """The streaming sweep: stale rows aborted, nothing else touched (SWP-1 .. SWP-5).
 
-Rows that must be stale are written before `db_clock.let_pass(STALE)`; rows that
-must be fresh are written, and the sweep run, inside `db_clock.within(STALE)`,
+Rows that must be stale are written before `db_clock.let_pass(...)`; rows that
+must be fresh are written, and the sweep run, inside `db_clock.within(FRESH_FOR)`,
 so the database clock itself proves which is which. Verdicts come after the
-block, once the premise is proved.
+block, once the premise is proved. A scenario with stale rows only uses the tiny
+STALE_ONLY; one with fresh rows too, FRESH_FOR (both in scenarios/support.py).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from harness import Message, TurnStore
+from harness import TurnStore
 
 from .support import (
+    FRESH_FOR,
     SKEW,
-    STALE,
+    STALE_ONLY,
     Turn,
+    assistant_row,
+    describe_message,
     new_workspace,
     skewed_clock,
     streaming_turn,
     text_parts,
+    user_row,
 )
 
-pytestmark = pytest.mark.anyio
-
-
-async def row(store: TurnStore, turn: Turn) -> Message:
-    message = await store.get_message(
-        message_id=turn.assistant_message_id, workspace_id=turn.workspace_id
-    )
-    assert message is not None, f"assistant message {turn.assistant_message_id!r} vanished"
-    return message
-
-
-async def user_row(store: TurnStore, turn: Turn) -> Message:
-    message = await store.get_message(
-        message_id=turn.user_message_id, workspace_id=turn.workspace_id
-    )
-    assert message is not None, f"user message {turn.user_message_id!r} vanished"
-    return message
+# Every scenario here reads statuses ('streaming', 'aborted'): those are `streaming`'s.
+pytestmark = [pytest.mark.anyio, pytest.mark.capability("turns", "streaming")]
 
 
 async def step(store: TurnStore, turn: Turn, text: str) -> bool:
@@ -59,58 +49,85 @@ async def finalized_turn(store: TurnStore, status: str, **where) -> Turn:
         content=f"{status} answer",
         parts=text_parts(f"{status} answer"),
         usage=None,
-    )
+    ), f"set-up: finalize to {status!r} of a streaming row returned False; expected True"
     return turn
 
 
+async def stepped(store: TurnStore, turn: Turn, text: str) -> None:
+    """Set-up: a step on a live streaming row, which must apply."""
+    assert await step(store, turn, text), (
+        f"set-up: append_step({text!r}) on the streaming row {turn.assistant_message_id!r} "
+        "returned False; expected True"
+    )
+
+
 @pytest.mark.requirement("SWP-1")
-@pytest.mark.capability("streaming")
 async def test_sweep_aborts_stale_streaming_rows_in_every_workspace(store, db_clock):
     """sweep_streaming aborts every stale streaming row, whatever its workspace, and counts them."""
     ws_a, ws_b = new_workspace(), new_workspace()
     a_1 = await streaming_turn(store, workspace_id=ws_a)
     a_2 = await streaming_turn(store, workspace_id=ws_a, chat_id=a_1.chat_id)
     b_1 = await streaming_turn(store, workspace_id=ws_b)
-    assert await step(store, a_2, "finished step")
+    await stepped(store, a_2, "finished step")
     stale = [a_1, a_2, b_1]
-    before = {t.assistant_message_id: await row(store, t) for t in stale}
+    before = {t.assistant_message_id: await assistant_row(store, t) for t in stale}
     users_before = [await user_row(store, t) for t in stale]
-    await db_clock.let_pass(STALE)
+    await db_clock.let_pass(STALE_ONLY)
 
-    swept = await store.sweep_streaming(older_than=STALE)
+    swept = await store.sweep_streaming(older_than=STALE_ONLY)
 
-    assert swept == 3, f"sweep_streaming returned {swept}, expected the 3 stale streaming rows"
+    assert swept == 3, f"expected sweep_streaming to return 3 (the stale rows), got {swept}"
     for turn in stale:
-        after = await row(store, turn)
+        after = await assistant_row(store, turn)
         old = before[turn.assistant_message_id]
-        assert after.status == "aborted", f"stale row in {turn.workspace_id} left {after.status!r}"
-        assert (after.content, after.parts) == (old.content, old.parts), (
-            "the sweep changed the finished steps of the row it aborted"
+        assert after.status == "aborted", (
+            f"expected the stale row in workspace {turn.workspace_id!r} to be 'aborted', found "
+            f"{after.status!r}"
         )
-    assert [await user_row(store, t) for t in stale] == users_before, "the sweep touched user rows"
+        assert (after.content, after.parts) == (old.content, old.parts), (
+            f"expected the sweep to keep the aborted row's finished steps, "
+            f"{describe_message(old)}; found {describe_message(after)}"
+        )
+    users_after = [await user_row(store, t) for t in stale]
+    assert users_after == users_before, (
+        f"expected the sweep to leave user rows alone, but they went from "
+        f"{[describe_message(m) for m in users_before]} to "
+        f"{[describe_message(m) for m in users_after]}"
+    )
 
 
 @pytest.mark.requirement("SWP-2")
-@pytest.mark.capability("streaming")
 async def test_sweep_leaves_fresh_streaming_rows(store, db_clock):
     """A streaming row updated within the threshold (another replica's live turn) is not swept."""
     stale = await streaming_turn(store)
-    await db_clock.let_pass(STALE)
-    async with db_clock.within(STALE):
+    await db_clock.let_pass(FRESH_FOR)
+    async with db_clock.within(FRESH_FOR):
         fresh_shell = await streaming_turn(store)
         fresh_stepped = await streaming_turn(store, workspace_id=stale.workspace_id)
-        assert await step(store, fresh_stepped, "live step")
-        fresh_before = [await row(store, fresh_shell), await row(store, fresh_stepped)]
-        swept = await store.sweep_streaming(older_than=STALE)
+        await stepped(store, fresh_stepped, "live step")
+        fresh_before = [
+            await assistant_row(store, fresh_shell),
+            await assistant_row(store, fresh_stepped),
+        ]
+        swept = await store.sweep_streaming(older_than=FRESH_FOR)
 
-    fresh_after = [await row(store, fresh_shell), await row(store, fresh_stepped)]
-    assert fresh_after == fresh_before, "the sweep touched a fresh streaming row"
-    assert (await row(store, stale)).status == "aborted", "set-up: the stale row was not swept"
-    assert swept == 1, f"sweep_streaming returned {swept}; only the one stale row was due"
+    fresh_after = [
+        await assistant_row(store, fresh_shell),
+        await assistant_row(store, fresh_stepped),
+    ]
+    assert fresh_after == fresh_before, (
+        f"expected the sweep to leave fresh streaming rows alone, but they went from "
+        f"{[describe_message(m) for m in fresh_before]} to "
+        f"{[describe_message(m) for m in fresh_after]}"
+    )
+    stale_after = await assistant_row(store, stale)
+    assert stale_after.status == "aborted", (
+        f"expected the stale row to be swept to 'aborted', found {stale_after.status!r}"
+    )
+    assert swept == 1, f"expected sweep_streaming to return 1 (the one stale row), got {swept}"
 
 
 @pytest.mark.requirement("SWP-2")
-@pytest.mark.capability("streaming")
 async def test_sweep_never_touches_terminal_or_legacy_rows(store, db_clock):
     """Stale completed, error, aborted and legacy NULL-status rows are left exactly as they were."""
     ws = new_workspace()
@@ -121,18 +138,26 @@ async def test_sweep_never_touches_terminal_or_legacy_rows(store, db_clock):
     dangling = await streaming_turn(store, **where)
     untouchable = [t.assistant_message_id for t in finished] + [legacy_id]
     before = {m.id: m for m in await store.list_messages(chat_id=chat, workspace_id=ws)}
-    assert before[legacy_id].status is None, "set-up: insert_legacy_message wrote a status"
-    await db_clock.let_pass(STALE)
+    assert before[legacy_id].status is None, (
+        f"set-up: expected insert_legacy_message to write status NULL, found "
+        f"{before[legacy_id].status!r}"
+    )
+    await db_clock.let_pass(STALE_ONLY)
 
-    swept = await store.sweep_streaming(older_than=STALE)
+    swept = await store.sweep_streaming(older_than=STALE_ONLY)
 
     after = {m.id: m for m in await store.list_messages(chat_id=chat, workspace_id=ws)}
     for message_id in untouchable:
         assert after[message_id] == before[message_id], (
-            f"the sweep changed a {before[message_id].status or 'legacy NULL-status'} row"
+            f"expected the sweep to leave a {before[message_id].status or 'legacy NULL-status'} "
+            f"row alone, but it went from {describe_message(before[message_id])} to "
+            f"{describe_message(after[message_id])}"
         )
-    assert after[dangling.assistant_message_id].status == "aborted"
-    assert swept == 1, f"sweep_streaming returned {swept}; only the one streaming row was due"
+    dangling_status = after[dangling.assistant_message_id].status
+    assert dangling_status == "aborted", (
+        f"expected the stale streaming row to be swept to 'aborted', found {dangling_status!r}"
+    )
+    assert swept == 1, f"expected sweep_streaming to return 1 (the streaming row), got {swept}"
 
 
 @pytest.mark.requirement("SWP-3")
@@ -140,58 +165,73 @@ async def test_second_sweep_changes_nothing(store, db_clock):
     """A sweep right after a sweep returns 0 and leaves every row as the first one left it."""
     first = await streaming_turn(store)
     second = await streaming_turn(store)
-    await db_clock.let_pass(STALE)
-    assert await store.sweep_streaming(older_than=STALE) == 2
-    after_first = [await row(store, first), await row(store, second)]
-    assert [m.status for m in after_first] == ["aborted", "aborted"]
+    await db_clock.let_pass(STALE_ONLY)
+    swept = await store.sweep_streaming(older_than=STALE_ONLY)
+    after_first = [await assistant_row(store, first), await assistant_row(store, second)]
+    assert (swept, [m.status for m in after_first]) == (2, ["aborted", "aborted"]), (
+        f"set-up: expected the first sweep to abort both stale rows (2), found it returned "
+        f"{swept} and the rows are {[m.status for m in after_first]}"
+    )
 
-    again = await store.sweep_streaming(older_than=STALE)
+    again = await store.sweep_streaming(older_than=STALE_ONLY)
 
-    assert again == 0, f"the second sweep returned {again}, not 0"
-    assert [await row(store, first), await row(store, second)] == after_first, (
-        "the second sweep rewrote rows the first had already aborted"
+    assert again == 0, f"expected the second sweep to return 0, got {again}"
+    after_second = [await assistant_row(store, first), await assistant_row(store, second)]
+    assert after_second == after_first, (
+        f"expected the second sweep to leave the aborted rows alone, but they went from "
+        f"{[describe_message(m) for m in after_first]} to "
+        f"{[describe_message(m) for m in after_second]}"
     )
 
 
 @pytest.mark.requirement("SWP-4")
-@pytest.mark.capability("streaming")
 async def test_step_after_sweep_is_rejected(store, db_clock):
     """Sweep first, then the late step: the row stays aborted and never carries the step."""
     turn = await streaming_turn(store)
-    assert await step(store, turn, "step one")
-    await db_clock.let_pass(STALE)
-    assert await store.sweep_streaming(older_than=STALE) == 1
-    swept = await row(store, turn)
-    assert swept.status == "aborted"
+    await stepped(store, turn, "step one")
+    await db_clock.let_pass(STALE_ONLY)
+    count = await store.sweep_streaming(older_than=STALE_ONLY)
+    swept = await assistant_row(store, turn)
+    assert (count, swept.status) == (1, "aborted"), (
+        f"set-up: expected the sweep to abort the stale row (1), found it returned {count} and "
+        f"the row is {swept.status!r}"
+    )
 
     late = await step(store, turn, "late step")
 
-    assert late is False, f"append_step on a swept row returned {late!r}, not False"
-    assert await row(store, turn) == swept, "the late step changed the aborted row"
+    assert late is False, f"expected append_step on a swept row to return False, got {late!r}"
+    after = await assistant_row(store, turn)
+    assert after == swept, (
+        f"expected the late step to leave the aborted row as it was, {describe_message(swept)}; "
+        f"found {describe_message(after)}"
+    )
 
 
 @pytest.mark.requirement("SWP-4")
-@pytest.mark.capability("streaming")
 async def test_sweep_after_step_spares_the_row(store, db_clock):
     """A step on a row that had gone stale refreshes it: the following sweep leaves it streaming."""
     turn = await streaming_turn(store)
-    await db_clock.let_pass(STALE)
-    async with db_clock.within(STALE):
-        stepped = await step(store, turn, "late step")
-        swept = await store.sweep_streaming(older_than=STALE)
+    await db_clock.let_pass(FRESH_FOR)
+    async with db_clock.within(FRESH_FOR):
+        applied = await step(store, turn, "late step")
+        swept = await store.sweep_streaming(older_than=FRESH_FOR)
 
-    assert stepped is True
-    after = await row(store, turn)
+    assert applied is True, (
+        f"expected append_step on a stale but still streaming row to return True, got {applied!r}"
+    )
+    after = await assistant_row(store, turn)
     assert (after.status, after.content, after.parts) == (
         "streaming",
         "late step",
         text_parts("late step"),
-    ), "the sweep aborted a row whose step had just refreshed it"
-    assert swept == 0
+    ), (
+        "expected the step to refresh the row so the sweep spares it ('streaming', 'late step'), "
+        f"found {describe_message(after)}"
+    )
+    assert swept == 0, f"expected the sweep to return 0 (nothing stale), got {swept}"
 
 
 @pytest.mark.requirement("SWP-5")
-@pytest.mark.capability("streaming")
 @pytest.mark.parametrize(
     ("writer_offset", "sweeper_offset"),
     [(SKEW, -SKEW), (-SKEW, SKEW)],
@@ -204,18 +244,22 @@ async def test_staleness_is_judged_by_database_clock(
     writer = await open_store(clock=skewed_clock(writer_offset), name="writer")
     sweeper = await open_store(clock=skewed_clock(sweeper_offset), name="sweeper")
     stale = [await streaming_turn(writer), await streaming_turn(writer)]
-    assert await step(writer, stale[1], "old step")
-    await db_clock.let_pass(STALE)
-    async with db_clock.within(STALE):
+    await stepped(writer, stale[1], "old step")
+    await db_clock.let_pass(FRESH_FOR)
+    async with db_clock.within(FRESH_FOR):
         fresh = [await streaming_turn(writer), await streaming_turn(writer)]
-        assert await step(writer, fresh[1], "live step")
-        fresh_before = [await row(writer, t) for t in fresh]
-        swept = await sweeper.sweep_streaming(older_than=STALE)
+        await stepped(writer, fresh[1], "live step")
+        fresh_before = [await assistant_row(writer, t) for t in fresh]
+        swept = await sweeper.sweep_streaming(older_than=FRESH_FOR)
 
-    assert [await row(writer, t) for t in fresh] == fresh_before, (
-        "a fresh row was swept: staleness was not judged by the database clock"
+    fresh_after = [await assistant_row(writer, t) for t in fresh]
+    assert fresh_after == fresh_before, (
+        "expected fresh rows left alone, but a fresh row was swept (staleness was not judged by "
+        f"the database clock): {[describe_message(m) for m in fresh_after]}"
     )
-    assert [(await row(writer, t)).status for t in stale] == ["aborted", "aborted"], (
-        "a stale row was spared: staleness was not judged by the database clock"
+    stale_statuses = [(await assistant_row(writer, t)).status for t in stale]
+    assert stale_statuses == ["aborted", "aborted"], (
+        "expected both stale rows 'aborted', found a stale row spared (staleness was not judged "
+        f"by the database clock): statuses {stale_statuses}"
     )
-    assert swept == 2
+    assert swept == 2, f"expected sweep_streaming to return 2 (the stale rows), got {swept}"

@@ -10,40 +10,46 @@ worker around an in-process adapter (`open_store(own_process=True)`, `Race(proce
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from harness import Run, RunAlreadyActive, TurnStore
-from harness.driver import DriverExited, DriverStore
-from harness.race import Op, Produced, Race, RaceOutcome
+from harness.driver import DriverExited
+from harness.race import Kill, Op, Produced, Race, RaceOutcome, Schedule, Step
 from scenarios.support import (
     ACTIVE_RUN_STATUSES,
     FINAL,
+    FRESH_FOR,
     RACE_WS,
-    STALE,
     STEPS,
     USAGE_A,
     ConfirmedWrites,
+    KillableStore,
     Turn,
     append_steps,
     assistant_row,
     describe_message,
+    existing_message,
     finalize_op,
+    raised_by,
     step_op,
+    streaming_message,
     streaming_turn,
     usage_values,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.capability("turns")]
 
 
 async def killed(writer: TurnStore) -> None:
     """SIGKILL the writer's process, and prove it is gone: it can run nothing more."""
-    assert isinstance(writer, DriverStore), "set-up: the writer must run in its own process"
+    assert isinstance(writer, KillableStore), (
+        f"set-up: expected the writer in a process of its own (with kill()), got {writer!r}"
+    )
     await writer.kill()
     with pytest.raises(DriverExited):
-        await writer.latest_run(chat_id="after-the-kill", workspace_id="after-the-kill")
+        await writer.list_messages(chat_id="after-the-kill", workspace_id="after-the-kill")
 
 
 # DUR-1: what returned True survives the kill --------------------------------------------
@@ -77,14 +83,21 @@ async def test_a_killed_writers_run_stays_active(open_store):
 
     other = await open_store(name="other")
     latest = await other.latest_run(chat_id=chat, workspace_id=workspace)
-    assert latest is not None, "the killed writer's run is gone"
+    assert latest is not None, f"expected the killed writer's run {run.id!r}, found no run"
     assert (latest.id, latest.status in ACTIVE_RUN_STATUSES, latest.stop_requested) == (
         run.id,
         True,
         False,
-    ), f"the writer's death changed its run: {latest}"
-    with pytest.raises(RunAlreadyActive):
-        await other.begin_run(chat_id=chat, workspace_id=workspace)
+    ), (
+        f"expected the killed writer's run {run.id!r} still active and not stop-requested, "
+        f"found run {latest.id!r} status {latest.status!r}, stop requested "
+        f"{latest.stop_requested}"
+    )
+    await raised_by(
+        RunAlreadyActive,
+        other.begin_run(chat_id=chat, workspace_id=workspace),
+        "begin_run on the chat of the killed writer's still active run",
+    )
 
 
 @pytest.mark.requirement("DUR-3", "RUN-7")
@@ -98,7 +111,9 @@ async def test_a_killed_writers_turn_stays_readable_until_swept(open_store, db_c
     for name, writer in (("dead", dead), ("live", live)):
         turn = await streaming_turn(writer)
         run = await writer.begin_run(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
-        assert await writer.link_assistant(run_id=run.id, message_id=turn.assistant_message_id)
+        assert await writer.link_assistant(run_id=run.id, message_id=turn.assistant_message_id), (
+            "set-up: link_assistant of a new run to its chat's message returned False"
+        )
         await append_steps(writer, turn, STEPS[:2])
         assert await writer.record_step(run_id=run.id), "set-up: record_step returned False"
         turns[name] = (turn, run)
@@ -112,12 +127,14 @@ async def test_a_killed_writers_turn_stays_readable_until_swept(open_store, db_c
         f"the dead writer's finished steps are not readable: {describe_message(before)}"
     )
     live_turn, live_run = turns["live"]
-    await db_clock.let_pass(STALE)
-    async with db_clock.within(STALE):
+    await db_clock.let_pass(FRESH_FOR)
+    async with db_clock.within(FRESH_FOR):
         await append_steps(live, live_turn, STEPS[2:])
-        assert await live.record_step(run_id=live_run.id)
-        swept_messages = await reader.sweep_streaming(older_than=STALE)
-        swept_runs = await reader.sweep_runs(older_than=STALE)
+        assert await live.record_step(run_id=live_run.id), (
+            "expected record_step of the live writer's active run to return True"
+        )
+        swept_messages = await reader.sweep_streaming(older_than=FRESH_FOR)
+        swept_runs = await reader.sweep_runs(older_than=FRESH_FOR)
 
     after = await assistant_row(reader, dead_turn)
     assert (after.status, after.content) == ("aborted", STEPS[1]), (
@@ -129,24 +146,26 @@ async def test_a_killed_writers_turn_stays_readable_until_swept(open_store, db_c
     live_after = await reader.latest_run(
         chat_id=live_turn.chat_id, workspace_id=live_turn.workspace_id
     )
-    assert dead_after is not None, "the dead writer's run is gone"
+    assert dead_after is not None, f"expected the dead writer's run {dead_run.id!r}: no run"
     assert (dead_after.id, dead_after.status) == (dead_run.id, "aborted"), (
-        f"the sweep did not close the dead writer's run: {dead_after}"
+        f"expected the sweep to close the dead writer's run {dead_run.id!r} ('aborted'), found "
+        f"run {dead_after.id!r} {dead_after.status!r}"
     )
-    assert live_after is not None, "the live writer's run is gone"
+    assert live_after is not None, f"expected the live writer's run {live_run.id!r}: no run"
     assert live_after.status in ACTIVE_RUN_STATUSES, (
-        f"the sweep aborted the run a live writer kept fresh: {live_after}"
+        f"expected the run a live writer kept fresh to stay active, found {live_after.status!r}"
     )
-    assert (await assistant_row(reader, live_turn)).status == "streaming", "a live turn was swept"
-    assert (swept_messages, swept_runs) == (1, 1)
+    live_row = await assistant_row(reader, live_turn)
+    assert live_row.status == "streaming", (
+        f"expected the live turn still 'streaming', found {describe_message(live_row)}"
+    )
+    assert (swept_messages, swept_runs) == (1, 1), (
+        f"expected each sweep to close the dead writer's one message and one run (1, 1), got "
+        f"sweep_streaming {swept_messages}, sweep_runs {swept_runs}"
+    )
 
 
 # DUR-2: killed in the middle of an operation ---------------------------------------------
-
-
-async def streaming_message(store: TurnStore, db_clock: object) -> dict[str, Any]:
-    turn = await streaming_turn(store, workspace_id=RACE_WS)
-    return {"message_id": turn.assistant_message_id, "before": await assistant_row(store, turn)}
 
 
 async def landed_whole_or_not_at_all(outcome: RaceOutcome) -> None:
@@ -154,9 +173,8 @@ async def landed_whole_or_not_at_all(outcome: RaceOutcome) -> None:
     (attempt,) = outcome.operations("writer")
     reader = outcome.reader_store
     message_id = outcome.context["message_id"]
-    found = await reader.get_message(message_id=message_id, workspace_id=RACE_WS)
-    assert found is not None, "the message vanished"
-    usage = await reader.usage_for(message_id=message_id)
+    found = await existing_message(reader, message_id, RACE_WS, "writer's assistant message")
+    usage = await reader.usage_for(message_id=message_id) if attempt.operation == "finalize" else []
     untouched = found == outcome.context["before"] and usage == []
     if attempt.operation == "finalize":
         whole = (found.status, found.content, [usage_values(u) for u in usage]) == (
@@ -172,11 +190,12 @@ async def landed_whole_or_not_at_all(outcome: RaceOutcome) -> None:
     )
 
 
-def kill_at_every_step(fault: str):
+def kill_at_every_step(after_send: bool) -> Callable[[dict[str, int]], list[Schedule]]:
     """The writer takes k steps (statements sent, commits let through), then dies."""
 
-    def schedules(steps: dict[str, int]) -> list[tuple[str, ...]]:
-        return [("writer",) * k + (f"{fault}:writer",) for k in range(steps["writer"])]
+    def schedules(steps: dict[str, int]) -> list[Schedule]:
+        death = Kill("writer", after_send=after_send)
+        return [(Step("writer"),) * k + (death,) for k in range(steps["writer"])]
 
     return schedules
 
@@ -194,16 +213,16 @@ OPERATIONS = {
     [pytest.param("finalize", marks=pytest.mark.capability("usage")), "append_step"],
 )
 @pytest.mark.parametrize(
-    "fault",
-    ["kill", "kill-after-send"],
-    ids=["killed-holding-a-statement", "killed-after-sending-it"],
+    "after_send", [False, True], ids=["killed-holding-a-statement", "killed-after-sending-it"]
 )
-async def test_a_writer_killed_mid_operation_leaves_no_partial_write(race_engine, operation, fault):
+async def test_a_writer_killed_mid_operation_leaves_no_partial_write(
+    race_engine, operation, after_send
+):
     """Killed before each statement and before each commit, or after sending it: whole or
     nothing, and whatever returned is there."""
     op: Op = OPERATIONS[operation]
     race = Race(
-        name=f"{operation} killed mid-operation ({fault})",
+        name=f"{operation} killed mid-operation ({'after sending' if after_send else 'held'})",
         setup=streaming_message,
         actors={"writer": [op]},
         produced=(
@@ -215,4 +234,4 @@ async def test_a_writer_killed_mid_operation_leaves_no_partial_write(race_engine
         check=landed_whole_or_not_at_all,
         processes=True,
     )
-    await race_engine.explore(race, schedules=kill_at_every_step(fault))
+    await race_engine.explore(race, schedules=kill_at_every_step(after_send))
