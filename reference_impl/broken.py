@@ -13,18 +13,20 @@ Never use them for anything else.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from harness.contract import Clock, Message, Run, RunAlreadyActive, UsageIn
 from reference_impl import schema
 from reference_impl.adapter import ReferenceAdapter
-from reference_impl.schema import ONE_ACTIVE_RUN_INDEX
+from reference_impl.schema import ONE_ACTIVE_RUN_INDEX, ONE_ROW_PER_TURN_INDEX
 from reference_impl.store import (
     BUMP_UPDATED_AT,
     INSERT_TURN_SQL,
@@ -245,15 +247,21 @@ class CheckThenActBegin(PgTurnStore):
         return await super().begin_run(chat_id=chat_id, workspace_id=workspace_id, trigger=trigger)
 
 
-class _WithoutOneActiveIndex(ReferenceAdapter):
-    """Installs the reference schema minus the one-active-run index (for CheckThenActBegin)."""
+class _WithoutIndex(ReferenceAdapter):
+    """Installs the reference schema minus one index, which the variant's bug needs gone."""
+
+    def __init__(self, *, index: str, name: str, store_class: type[PgTurnStore]) -> None:
+        super().__init__(name=name, store_class=store_class)
+        self.index = index
 
     async def install(self, dsn: str) -> None:
         async with await psycopg.AsyncConnection.connect(dsn) as conn:  # commits on exit
             for statement in schema.ddl():
-                if ONE_ACTIVE_RUN_INDEX not in statement:
+                if self.index not in statement:
                     await conn.execute(statement)
-            await conn.execute(f"DROP INDEX IF EXISTS {ONE_ACTIVE_RUN_INDEX}")
+            await conn.execute(
+                sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.index))
+            )
 
 
 class BeginSkipsClaimedChat(PgTurnStore):
@@ -400,14 +408,84 @@ class SweepCutoffFromSendTime(PgTurnStore):
         )
 
 
+# --- ORM-shaped: every operation one explicit transaction of several statements --------------
+
+
+class ReadThenWriteInTransaction(PgTurnStore):
+    """MSG-4 (race only), shaped like an ORM session: one explicit transaction reads the row,
+    finds it streaming, and writes the step back unguarded, then commits. Under READ
+    COMMITTED a finalize that commits between the read and the write is overwritten."""
+
+    async def append_step(
+        self, *, message_id: str, workspace_id: str, content: str, parts: list[dict[str, Any]]
+    ) -> bool:
+        params = _step_params(message_id, workspace_id, content, parts)
+        async with self._conn.transaction():
+            row = await self._one(
+                "SELECT status FROM messages"
+                " WHERE id = %(message_id)s AND workspace_id = %(workspace_id)s",
+                params,
+            )
+            if row is None or row["status"] != "streaming":
+                return False
+            return bool(await self._changed(_UNGUARDED_STEP_SQL, params))
+
+
+class CheckThenInsertRepeatableRead(PgTurnStore):
+    """MSG-1/MSG-3 (race only), ORM-shaped: a REPEATABLE READ transaction looks the turn up and
+    inserts it when absent, and the schema has no unique index on the turn: both writers'
+    snapshots miss the other's row, both insert, the turn has two rows."""
+
+    ISOLATION = sql.SQL("REPEATABLE READ")
+
+    async def _persist_turn(
+        self,
+        *,
+        chat_id: str,
+        workspace_id: str,
+        turn_id: str | None,
+        role: str,
+        status: str,
+        content: str,
+        parts: list[dict[str, Any]],
+    ) -> str | None:
+        if not turn_id:
+            return None
+        params = turn_params(chat_id, workspace_id, turn_id, role, status, content, parts)
+        await self._conn.execute(sql.SQL("BEGIN ISOLATION LEVEL {}").format(self.ISOLATION))
+        try:
+            row = await self._one(
+                "SELECT id FROM messages WHERE chat_id = %(chat_id)s AND workspace_id ="
+                " %(workspace_id)s AND turn_id = %(turn_id)s AND role = %(role)s",
+                params,
+            )
+            if row is None:
+                row = await self._one(INSERT_TURN_SQL + " RETURNING id", params)
+            await self._conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.execute("ROLLBACK")
+            raise
+        return row["id"] if row else None
+
+
+class CheckThenInsertSerializable(CheckThenInsertRepeatableRead):
+    """MSG-1/MSG-3 (race only), ORM-shaped: the same check-then-insert under SERIALIZABLE and
+    without the unique index: PostgreSQL aborts one of two concurrent writers with a
+    serialization failure, which this store does not retry, so a valid duplicate write
+    raises instead of returning the turn's id."""
+
+    ISOLATION = sql.SQL("SERIALIZABLE")
+
+
 # --- the adapters the harness loads -------------------------------------------------------------
 
 unguarded_step = ReferenceAdapter(name="broken-unguarded-step", store_class=UnguardedStep)
 read_then_write_step = ReferenceAdapter(
     name="broken-read-then-write-step", store_class=ReadThenWriteStep
 )
-check_then_act_begin = _WithoutOneActiveIndex(
-    name="broken-check-then-act-begin", store_class=CheckThenActBegin
+check_then_act_begin = _WithoutIndex(
+    index=ONE_ACTIVE_RUN_INDEX, name="broken-check-then-act-begin", store_class=CheckThenActBegin
 )
 begin_skips_claimed_chat = ReferenceAdapter(
     name="broken-begin-skips-claimed-chat", store_class=BeginSkipsClaimedChat
@@ -449,4 +527,18 @@ step_in_two_statements = ReferenceAdapter(
 )
 sweep_cutoff_from_send_time = ReferenceAdapter(
     name="broken-sweep-cutoff-from-send-time", store_class=SweepCutoffFromSendTime
+)
+
+read_then_write_in_transaction = ReferenceAdapter(
+    name="broken-read-then-write-in-transaction", store_class=ReadThenWriteInTransaction
+)
+check_then_insert_repeatable_read = _WithoutIndex(
+    index=ONE_ROW_PER_TURN_INDEX,
+    name="broken-check-then-insert-repeatable-read",
+    store_class=CheckThenInsertRepeatableRead,
+)
+check_then_insert_serializable = _WithoutIndex(
+    index=ONE_ROW_PER_TURN_INDEX,
+    name="broken-check-then-insert-serializable",
+    store_class=CheckThenInsertSerializable,
 )

@@ -39,6 +39,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 ONE_ACTIVE_RUN_INDEX = "runs_one_active_per_chat"
 """The constraint name PostgreSQL reports when a second active run is refused."""
+ONE_ROW_PER_TURN_INDEX = "messages_one_per_turn"
+"""The unique index on (chat_id, turn_id, role) that makes persist idempotent."""
 
 _ACTIVE_RUN = text("status IN ('pending', 'running')")
 
@@ -80,7 +82,7 @@ messages = Table(
         "status IN ('streaming', 'completed', 'error', 'aborted')", name="messages_status"
     ),
     Index(
-        "messages_one_per_turn",
+        ONE_ROW_PER_TURN_INDEX,
         "chat_id",
         "turn_id",
         "role",

@@ -24,12 +24,20 @@ VARIANTS = [
     ("begin_skips_claimed_chat", "RUN-3"),
     ("steps_in_memory", "DUR-1"),
     ("finalize_in_two_statements", "DUR-2"),
+    ("read_then_write_in_transaction", "MSG-4"),
+    ("check_then_insert_repeatable_read", "MSG-1"),
+    ("check_then_insert_repeatable_read", "MSG-3"),
+    ("check_then_insert_serializable", "MSG-1"),
+    ("check_then_insert_serializable", "MSG-3"),
 ]
 
 RACE_ONLY = [
     ("read_then_write_step", "MSG-4", "scenarios.test_messages"),
     ("check_then_insert_persist", "MSG-1", "scenarios.test_messages"),
     ("check_then_act_begin", "RUN-1", "scenarios.test_runs"),
+    ("read_then_write_in_transaction", "MSG-4", "scenarios.test_messages"),
+    ("check_then_insert_repeatable_read", "MSG-1", "scenarios.test_messages"),
+    ("check_then_insert_serializable", "MSG-3", "scenarios.test_messages"),
 ]
 
 

@@ -10,25 +10,42 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import anyio
 import psycopg
 
 from harness.contract import TurnStore
 from harness.proxy.proxy import Proxy
-from harness.proxy.statement_gate import StatementEvent, StatementGate
+from harness.proxy.statement_gate import StatementEvent
+from harness.race.actor_gate import ActorGate
 from harness.race.history import History, complete
+from harness.race.outcome import Fault, LockWait
 from harness.race.scenario import Context, Op
 
 APPLICATION_PREFIX = "turnproof-actor-"
 
-# An error of these kinds means the request or its answer was lost: the operation may
-# or may not have happened (Jepsen's "info"), so checkers must accept either outcome.
-UNKNOWN_OUTCOME_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    ConnectionError,
-    EOFError,
-)
+
+def unknown_outcome(error: BaseException) -> bool:
+    """The request or its answer was lost: the operation may or may not have happened
+    (Jepsen's "info"), so checkers must accept either outcome. A serialization failure or
+    a deadlock is no such error: the transaction was rolled back, and the store raised."""
+    if isinstance(error, (ConnectionError, EOFError)):
+        return True
+    if isinstance(error, psycopg.OperationalError):
+        state = error.sqlstate
+        return state is None or state.startswith(("08", "57P"))
+    return False
+
+
+@runtime_checkable
+class Killable(Protocol):
+    """A store living in a process of its own (found by behaviour: wrapped stores hide
+    their type, never their methods)."""
+
+    async def kill(self) -> None: ...
+
+    def freeze(self) -> None: ...
 
 
 @dataclass
@@ -40,15 +57,18 @@ class Actor:
     context: Context
     transcript: list[str]
     proxy: Proxy | None = None
-    gate: StatementGate | None = None
+    gate: ActorGate | None = None
     permits: tuple[anyio.abc.ObjectSendStream[None], anyio.abc.ObjectReceiveStream[None]] = field(
         default_factory=lambda: anyio.create_memory_object_stream[None](math.inf)
     )
     permits_given: int = 0
     ops_finished: int = 0
     done: bool = False
-    next_seq: int = 1  # the gate's number for the actor's next unfinished statement
     was_blocked: bool = False
+    waits: list[LockWait] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    progress: anyio.Event = field(default_factory=anyio.Event)
+    """Set (and replaced) whenever an operation of the actor returns or the actor ends."""
 
     @property
     def application_name(self) -> str:
@@ -60,7 +80,7 @@ class Actor:
         return not self.done and self.ops_finished == self.permits_given
 
     def statements(self) -> list[StatementEvent]:
-        return self.gate.events if self.gate is not None else []
+        return self.gate.steps() if self.gate is not None else []
 
     async def run(self, gated_by_permit: bool) -> None:
         """Perform every operation in order; record each; never raise (the engine judges)."""
@@ -72,20 +92,32 @@ class Actor:
                         await receive.receive()
                     except anyio.EndOfStream:  # stopped: the interleaving is abandoned
                         return
-                arguments = op.resolve(self.context)
-                record = self.history.invoke(self.name, op.operation, arguments)
-                try:
-                    result = await op.perform(self.store, self.context)
-                except UNKNOWN_OUTCOME_ERRORS as exc:
-                    complete(record, error=exc, unknown=True)
-                except Exception as exc:
-                    complete(record, error=exc)
-                else:
-                    complete(record, result=result)
-                self.transcript.append(f"  {record.describe()}")
-                self.ops_finished += 1
+                await self._perform(op)
         finally:
             self.done = True
+            self._notify()
+
+    async def _perform(self, op: Op) -> None:
+        arguments = op.resolve(self.context)
+        record = self.history.invoke(self.name, op.operation, arguments)
+        if self.gate is not None:
+            self.gate.begin_operation()
+        try:
+            result = await op.perform(self.store, self.context)
+        except Exception as exc:
+            complete(record, error=exc, unknown=unknown_outcome(exc))
+        else:
+            complete(record, result=result)
+        finally:
+            if self.gate is not None:
+                self.gate.end_operation()
+        self.transcript.append(f"  {record.describe()}")
+        self.ops_finished += 1
+        self._notify()
+
+    def _notify(self) -> None:
+        self.progress.set()
+        self.progress = anyio.Event()
 
     def stop(self) -> None:
         """No more permits: an actor waiting for one finishes at once."""

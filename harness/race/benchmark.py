@@ -3,7 +3,8 @@
     turnproof bench race [--dsn DSN] [--naive-runs 200] [--explorations 20]
 
 1. Interleavings per second, each on a fresh database (statement level, the
-   reference, the late-step-vs-finalize race).
+   reference, the late-step-vs-finalize race), and where each one's time goes
+   (clone, connect, set-up, schedule, check, close, drop).
 2. How often the late-update bug of the read-then-write variant shows up in a
    naive concurrent test (the same two operations in two tasks, no gating),
    next to how often the engine catches it, measured in the same run.
@@ -21,26 +22,26 @@ from harness.contract import Adapter
 from harness.postgres.databases import DatabaseFactory, with_params
 from harness.postgres.resolver import start_postgres
 from harness.proxy.server import RunningProxyServer
-from harness.race.engine import RaceEngine, RaceFailure
+from harness.race.engine import Phases, RaceEngine, RaceFailure
 from harness.race.scenario import Race
 
 BROKEN = "reference_impl.broken:read_then_write_step"
 
 
 def _late_step_race() -> Race:
-    from scenarios.test_message_races import LATE_STEP
+    from scenarios.races import LATE_STEP
 
     return LATE_STEP
 
 
 async def _interleavings_per_second(
     adapter: Adapter, databases: DatabaseFactory, proxies: RunningProxyServer, rounds: int
-) -> tuple[int, float]:
-    engine = RaceEngine(adapter, databases, proxies)
-    started, count = time.perf_counter(), 0
-    for _ in range(rounds):
-        count += (await engine.explore(_late_step_race())).run
-    return count, time.perf_counter() - started
+) -> tuple[int, float, Phases]:
+    async with RaceEngine(adapter, databases, proxies) as engine:
+        started, count = time.perf_counter(), 0
+        for _ in range(rounds):
+            count += (await engine.explore(_late_step_race())).run
+        return count, time.perf_counter() - started, engine.phases
 
 
 async def _naive_reproductions(adapter: Adapter, databases: DatabaseFactory, runs: int) -> int:
@@ -75,13 +76,13 @@ async def _naive_reproductions(adapter: Adapter, databases: DatabaseFactory, run
 async def _engine_catches(
     adapter: Adapter, databases: DatabaseFactory, proxies: RunningProxyServer, explorations: int
 ) -> int:
-    engine = RaceEngine(adapter, databases, proxies)
     caught = 0
-    for _ in range(explorations):
-        try:
-            await engine.explore(_late_step_race())
-        except RaceFailure:
-            caught += 1
+    async with RaceEngine(adapter, databases, proxies) as engine:
+        for _ in range(explorations):
+            try:
+                await engine.explore(_late_step_race())
+            except RaceFailure:
+                caught += 1
     return caught
 
 
@@ -92,7 +93,7 @@ async def _measure(dsn: str, naive_runs: int, explorations: int) -> None:
     bad.prepare_template(broken.install)
     try:
         with RunningProxyServer.start() as proxies:
-            count, seconds = await _interleavings_per_second(reference, good, proxies, 10)
+            count, seconds, phases = await _interleavings_per_second(reference, good, proxies, 10)
             naive = await _naive_reproductions(broken, bad, naive_runs)
             caught = await _engine_catches(broken, bad, proxies, explorations)
     finally:
@@ -103,13 +104,19 @@ async def _measure(dsn: str, naive_runs: int, explorations: int) -> None:
         f"  {count} interleavings on fresh databases in {seconds:.1f} s: "
         f"{count / seconds:.1f} interleavings/s"
     )
+    print(
+        "  per interleaving: "
+        + ", ".join(
+            f"{phase} {1000 * total / count:.1f} ms" for phase, total in phases.seconds.items()
+        )
+    )
     print(f"the late-update bug of {BROKEN}")
     print(
         f"  naive concurrent test (two tasks, no gating): reproduced in {naive} of "
         f"{naive_runs} runs ({100 * naive / naive_runs:.1f}%)"
     )
     print(
-        f"  race engine (every interleaving): caught in {caught} of {explorations} "
+        f"  race engine (every schedule): caught in {caught} of {explorations} "
         f"explorations ({100 * caught / explorations:.0f}%)"
     )
 

@@ -1,94 +1,77 @@
-"""The race engine: run a Race under one schedule, or under every interleaving.
+"""The race engine: explore a Race under schedules chosen among the actors that can move.
 
-At statement level (adapters with the `network` capability) a schedule names,
-one entry per step, which actor moves next. An actor's step is one hold point
-of its next statement: "execute" lets the statement reach PostgreSQL and run
-up to its Sync (extended protocol), so it is executed but not committed;
-"commit" lets the Sync through. A simple-protocol statement is a single step.
-After every step the engine waits until each actor is parked again: held at
-its gate, executed and waiting for its commit, blocked on another's lock (as
-pg_blocking_pids says, like PostgreSQL's isolation tester), or finished.
-Entries "cut:NAME" and "terminate:NAME" cut an actor's connections at the
-proxy or end its backend: the faults of a writer dying mid-transaction. For a
-race whose actors run in processes of their own, "kill:NAME" SIGKILLs the
-actor's process wherever it is (between operations, or with a statement held at
-its gate, which it then never sent), and "kill-after-send:NAME" lets its held
-statement or commit reach PostgreSQL and kills the process before the answer
-comes back: the crash after COMMIT whose outcome the writer never learned.
+At statement level (adapters with the `network` capability) every actor reaches
+PostgreSQL through its own gated proxy listener, and each of its statements is held
+twice: before it reaches the server, and executed before its commit (Sync). The
+scheduler (harness.race.scheduler) moves one actor at a time among those that can
+move; a chooser (harness.race.strategies) picks which: the choice tree for small races
+(every schedule, fewest preemptions first), then PCT or random walks, Hypothesis to
+search and to shrink a failure (harness.race.shrinking). Step counts are never guessed
+in advance; a forced schedule (a scenario's, `--race-schedule`, a rerun line) that asks
+a blocked actor to move is an InvalidInterleaving naming the step.
 
-At operation level a step is a whole operation. Each interleaving runs on a
-fresh database, so one cannot leak into the next.
+At operation level a step is a whole operation. Each interleaving runs on a fresh
+database (harness.race.fresh_databases), so one cannot leak into the next.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import anyio
 import psycopg
 
-from harness.contract import Adapter
+from harness.contract import Adapter, TurnStore
 from harness.db_clock import DatabaseClock
-from harness.driver.client import DriverStore
-from harness.errors import HarnessError
-from harness.postgres.databases import DatabaseFactory, with_params
+from harness.errors import HarnessError, UsageError
+from harness.postgres.databases import DatabaseFactory, database_name, with_params
 from harness.proxy.server import RunningProxyServer
+from harness.race.actor_gate import ActorGate
 from harness.race.actors import Actor, application_name
 from harness.race.blocking import BlockingMonitor
+from harness.race.errors import InvalidInterleaving, InvalidRace, RaceFailure
+from harness.race.exploration import Exploration, Phases
+from harness.race.fresh_databases import FreshDatabases
 from harness.race.history import History
-from harness.race.interleavings import count_interleavings, interleavings
 from harness.race.outcome import RaceOutcome
 from harness.race.scenario import Context, Op, Produced, Race
+from harness.race.schedule import (
+    Schedule,
+    Step,
+    format_schedule,
+    schedule_problem,
+)
+from harness.race.scheduler import Scheduler, Trace
+from harness.race.shrinking import HypothesisSearch
+from harness.race.strategies import (
+    PCT,
+    ChoiceTree,
+    Chooser,
+    Forced,
+    Indexed,
+    RandomWalk,
+    pct_bound,
+)
+from harness.report.text_timeline import render_lanes
+from harness.report.timeline import timeline_of
 
-POLL_SECONDS = 0.002
-FAULTS = ("cut", "terminate", "kill", "kill-after-send")
+BACKEND_EXIT_POLL = 0.0005
+WALKS_UNTIL_PRODUCED = 10
+"""Sampled schedules go on past --race-walks, up to this many times as many, until the
+race was produced: a sample in which it never happened proves nothing."""
+MODES = ("auto", "exhaustive", "pct", "random", "hypothesis")
+DEFAULT_SAMPLE = 20
+"""Schedules of the choice tree run (fewest preemptions first) before sampling takes over."""
+DEFAULT_WALKS = 5
 
-
-ScheduleMaker = Callable[[dict[str, int]], Sequence[tuple[str, ...]]]
-"""Makes the schedules to run from each actor's discovered number of steps."""
-
-
-class InvalidInterleaving(Exception):
-    """The schedule asks a blocked actor to move: no real execution has that order."""
-
-
-class RaceFailure(AssertionError):
-    """An interleaving broke the scenario's check; carries the transcript and the schedule."""
-
-    def __init__(self, message: str, outcome: RaceOutcome) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-
-
-class _Parked(enum.Enum):
-    HELD = "held before its next statement"
-    AT_COMMIT = "executed, its commit held"
-    BLOCKED = "waiting on another's lock"
-    DONE = "finished"
-
-
-@dataclass
-class Exploration:
-    """What exploring a race covered: counts, for the report and the vacuity check."""
-
-    race: str
-    level: str
-    total: int
-    run: int = 0
-    invalid: int = 0
-    produced: int = 0
-    schedules: list[tuple[str, ...]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"{self.race}: {self.run} of {self.total} {self.level}-level interleavings run "
-            f"({self.invalid} impossible), the race produced in {self.produced}"
-        )
+ScheduleMaker = Callable[[dict[str, int]], Sequence[Schedule]]
+"""Makes forced schedules from each actor's number of steps in a non-preemptive run (for
+fault scenarios: "the fault after the winner's k-th step")."""
+StoreWrapper = Callable[[TurnStore], TurnStore]
 
 
 class RaceEngine:
@@ -102,20 +85,45 @@ class RaceEngine:
         *,
         process_adapter: Callable[[], Adapter] | None = None,
         step_timeout: float = 10.0,
-        forced_schedule: tuple[str, ...] | None = None,
-        sample: int = 200,
+        forced_schedule: Schedule | None = None,
+        mode: str = "auto",
+        sample: int = DEFAULT_SAMPLE,
+        walks: int = DEFAULT_WALKS,
         seed: int = 0,
-        rerun: Callable[[tuple[str, ...]], str] | None = None,
+        pct_depth: int = 2,
+        rerun: Callable[[Schedule], str] | None = None,
+        store_wrapper: StoreWrapper | None = None,
+        identity: str = "",
+        transcript: bool = False,
     ) -> None:
+        if mode not in MODES:
+            raise UsageError(f"--race-mode {mode!r}: give one of {', '.join(MODES)}")
+        if sample < 1 or walks < 0 or pct_depth < 1:
+            raise UsageError(
+                f"--race-sample {sample}, --race-walks {walks}, --race-pct-depth {pct_depth}: "
+                "give at least 1 schedule of the tree, 0 or more walks, a PCT depth of 1 or more"
+            )
         self.adapter = adapter
+        self.transcript = transcript
+        """A failure shows the isolation-tester transcript under its timeline (pytest -v)."""
         self.process_adapter = process_adapter
         self.databases = databases
         self.proxies = proxies
         self.step_timeout = step_timeout
         self.forced_schedule = forced_schedule
+        self.mode = mode
         self.sample = sample
+        self.walks = walks
         self.seed = seed
+        self.pct_depth = pct_depth
         self.rerun = rerun
+        self.store_wrapper = store_wrapper
+        self.identity = identity
+        self.explorations: list[Exploration] = []
+        self.phases = Phases()
+        self._control: psycopg.AsyncConnection | None = None
+        self._fresh = FreshDatabases(databases)
+        self._control_dsn = ""
         self._counter = 0
 
     @property
@@ -128,44 +136,237 @@ class RaceEngine:
 
     # -- public -------------------------------------------------------------------------
     async def explore(self, race: Race, *, schedules: ScheduleMaker | None = None) -> Exploration:
-        """Run the race under every interleaving of its actors' steps (a seeded sample of
-        them when there are more than `sample`), or under the schedules `schedules`
-        makes from the discovered step counts (e.g. `round_robin`).
-
-        Raises RaceFailure at the first interleaving whose check fails, and
-        HarnessError when no interleaving produced the race.
+        """Run the race under schedules chosen among the actors that can move: the choice
+        tree, fewest preemptions first, up to `sample` schedules, then `walks` PCT
+        schedules if the tree was not exhausted (or random walks, or Hypothesis's draws,
+        by mode); or under the forced schedules `schedules` makes. A failure is shrunk by
+        Hypothesis and raised as RaceFailure with its transcript and rerun line;
+        HarnessError when the race never happened.
         """
         __tracebackhide__ = True
+        started = time.perf_counter()
         if self.forced_schedule is not None:
-            return await self.run_schedules(race, [self.forced_schedule])
-        steps = await self.discover(race)
-        total = count_interleavings(steps)
-        if schedules is not None:
-            chosen: Sequence[tuple[str, ...]] = schedules(steps)
-        elif total <= self.sample:
-            chosen = list(interleavings(steps))
+            exploration = await self._forced(race, [self.forced_schedule], mode="forced")
+        elif schedules is not None:
+            exploration = await self._given(race, schedules)
         else:
-            chosen = _sampled(steps, self.sample, random.Random(self.seed))
-        exploration = await self.run_schedules(race, chosen)
-        exploration.total = total
+            exploration = await self._search(race)
+        exploration.seconds = time.perf_counter() - started
+        self.explorations.append(exploration)
+        self._require_produced(race, exploration)
         return exploration
 
-    async def run_schedules(self, race: Race, schedules: Sequence[tuple[str, ...]]) -> Exploration:
-        """Run the given schedules only; each must be possible, one must produce the race."""
+    async def run_schedules(self, race: Race, schedules: Sequence[Schedule]) -> Exploration:
+        """Run these forced schedules only; impossible ones are counted, one must produce
+        the race."""
         __tracebackhide__ = True
-        exploration = Exploration(race.name, self.level, total=len(schedules))
-        missing = self._wanted(race)
+        exploration = await self._forced(race, schedules, mode="given")
+        self._require_produced(race, exploration)
+        return exploration
+
+    async def run(self, race: Race, chooser: Chooser, *, check: bool = True) -> RaceOutcome:
+        """One interleaving on a fresh database; raises RaceFailure if the check fails."""
+        __tracebackhide__ = True
+        control = await self._control_connection()
+        with self.phases.timed("clone"):
+            dsn = await self._fresh.take()
+        try:
+            return await self._run_on(dsn, race, chooser, control, check=check)
+        finally:
+            with self.phases.timed("drop"):
+                await _until_unused(control, database_name(dsn), self.step_timeout)
+                self._fresh.drop_later(dsn)
+
+    async def aclose(self) -> None:
+        """Close the engine's control connection and drop its databases."""
+        if self._control is not None:
+            await self._control.close()
+            self._control = None
+            self._fresh.drop_later(self._control_dsn)
+        await self._fresh.aclose()
+
+    async def __aenter__(self) -> RaceEngine:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _control_connection(self) -> psycopg.AsyncConnection:
+        """The engine's own connection, in a database of its own (so it never delays the
+        drop of an interleaving's database): the clock, lock waits, terminations."""
+        if self._control is None:
+            self._control_dsn = await self._fresh.take()
+            self._control = await psycopg.AsyncConnection.connect(
+                with_params(self._control_dsn, application_name="turnproof-control"),
+                autocommit=True,
+            )
+        return self._control
+
+    # -- exploration modes ----------------------------------------------------------------
+    async def _forced(self, race: Race, schedules: Sequence[Schedule], *, mode: str) -> Exploration:
+        __tracebackhide__ = True
+        exploration = Exploration(race.name, self.level, mode)
         for schedule in schedules:
+            problem = schedule_problem(schedule, race.actors, processes=race.processes)
+            if problem:
+                raise InvalidRace(
+                    f"race {race.name!r}: schedule {format_schedule(schedule)!r}: {problem}"
+                )
             try:
-                outcome = await self.run(race, schedule)
+                outcome = await self.run(race, Forced(schedule))
             except InvalidInterleaving:
+                if mode == "forced":
+                    raise
                 exploration.invalid += 1
                 continue
-            exploration.run += 1
-            exploration.schedules.append(schedule)
-            produced = [p for p in self._wanted(race) if p.happened(outcome)]
-            exploration.produced += bool(produced)
-            missing = [p for p in missing if p not in produced]
+            self._count(race, exploration, outcome)
+        return exploration
+
+    async def _given(self, race: Race, schedules: ScheduleMaker) -> Exploration:
+        __tracebackhide__ = True
+        probe = await self.run(race, Indexed(()))
+        moves = {name: probe.schedule.count(Step(name)) for name in race.actors}
+        exploration = await self._forced(race, schedules(moves), mode="given")
+        self._count(race, exploration, probe)
+        return exploration
+
+    async def _search(self, race: Race) -> Exploration:
+        __tracebackhide__ = True
+        mode = "hypothesis" if self.mode == "hypothesis" else "exhaustive"
+        exploration = Exploration(race.name, self.level, mode)
+        hypothesis = HypothesisSearch(
+            f"{self.identity}|{race.name}|{self.adapter.name}",
+            self._attempt_counted(race, exploration),
+        )
+        stored = await hypothesis.replay_stored()
+        if stored is not None:
+            await self._raise_shrunk(race, stored, "replayed from Hypothesis's example database")
+        if self.mode == "hypothesis":
+            found = await hypothesis.search()
+            if found is not None:
+                await self._raise_shrunk(race, found, "found and shrunk by Hypothesis")
+            return exploration
+        cap = {"auto": self.sample, "exhaustive": None}.get(self.mode, 1)  # 1: a probe
+        steps = await self._tree(race, exploration, hypothesis, cap)
+        if exploration.exhausted or self.mode == "exhaustive":
+            return exploration
+        return await self._walks(race, exploration, hypothesis, steps)
+
+    async def _tree(
+        self, race: Race, exploration: Exploration, hypothesis: HypothesisSearch, cap: int | None
+    ) -> dict[str, int]:
+        """The choice tree, fewest deviations first, up to `cap` schedules; returns the
+        most statements each actor sent in one of them."""
+        __tracebackhide__ = True
+        tree, steps = ChoiceTree(), {}
+        while not tree.exhausted and (cap is None or tree.leaves < cap):
+            outcome = await self._explore_one(race, exploration, tree.next_run(), hypothesis)
+            tree.expand(outcome.decisions)
+            steps = {a: max(n, steps.get(a, 0)) for a, n in outcome.steps.items()}
+        exploration.exhausted, exploration.preemptions = tree.exhausted, tree.covered
+        exploration.systematic = exploration.run
+        return steps
+
+    async def _walks(
+        self,
+        race: Race,
+        exploration: Exploration,
+        hypothesis: HypothesisSearch,
+        steps: dict[str, int],
+    ) -> Exploration:
+        """PCT (or random) schedules: --race-walks of them, more until the race happened."""
+        __tracebackhide__ = True
+        rng = random.Random(self.seed)
+        exploration.mode = "random" if self.mode == "random" else "pct"
+        exploration.seed = self.seed
+        statements = sum(steps.values())
+        while (sampled := exploration.run - exploration.systematic) < self.walks or (
+            self._missing(race, exploration) and sampled < self.walks * WALKS_UNTIL_PRODUCED
+        ):
+            chooser: Chooser = (
+                RandomWalk(rng)
+                if exploration.mode == "random"
+                else PCT(rng, list(race.actors), self.pct_depth, statements)
+            )
+            await self._explore_one(race, exploration, chooser, hypothesis)
+        if exploration.mode == "pct":
+            exploration.bound = pct_bound(
+                len(race.actors),
+                statements,
+                self.pct_depth,
+                exploration.run - exploration.systematic,
+            )
+        return exploration
+
+    async def _explore_one(
+        self, race: Race, exploration: Exploration, chooser: Chooser, hypothesis: HypothesisSearch
+    ) -> RaceOutcome:
+        """Run one searched schedule; on failure, shrink it with Hypothesis and raise."""
+        __tracebackhide__ = True
+        outcome, failed = await self._attempt(race, chooser)
+        if failed:
+            how = f"found by {exploration.mode} search after {exploration.run} passing schedules"
+            await self._raise_shrunk(race, outcome.indices, how, hypothesis)
+        self._count(race, exploration, outcome)
+        return outcome
+
+    def _attempt_counted(
+        self, race: Race, exploration: Exploration
+    ) -> Callable[[tuple[int, ...]], Awaitable[bool]]:
+        """One interleaving under choice indices, for Hypothesis: True when it failed."""
+
+        async def attempt(indices: tuple[int, ...]) -> bool:
+            outcome, failed = await self._attempt(race, Indexed(indices))
+            if not failed:
+                self._count(race, exploration, outcome)
+            return failed
+
+        return attempt
+
+    async def _attempt(self, race: Race, chooser: Chooser) -> tuple[RaceOutcome, bool]:
+        try:
+            return await self.run(race, chooser), False
+        except RaceFailure as failure:
+            return failure.outcome, True
+
+    async def _raise_shrunk(
+        self,
+        race: Race,
+        indices: Sequence[int],
+        how: str,
+        hypothesis: HypothesisSearch | None = None,
+    ) -> None:
+        """Shrink (unless Hypothesis already did), then fail with the shrunk schedule."""
+        __tracebackhide__ = True
+        if hypothesis is not None:
+            shrunk = await hypothesis.shrink(indices)
+            how += (
+                f"; shrunk by Hypothesis from {_deviations(indices)} to {_deviations(shrunk)} "
+                "choices other than the non-preemptive one"
+            )
+            indices = shrunk
+        try:
+            await self.run(race, Indexed(indices))
+        except RaceFailure as failure:
+            raise RaceFailure(f"{failure}\n({how})", failure.outcome) from None
+        raise HarnessError(
+            f"race {race.name!r}: the failing schedule {list(indices)} passed when replayed: "
+            "the implementation or the engine is not deterministic under one schedule"
+        )
+
+    def _count(self, race: Race, exploration: Exploration, outcome: RaceOutcome) -> None:
+        exploration.run += 1
+        exploration.schedules.append(outcome.schedule)
+        produced = [p.description for p in self._wanted(race) if p.happened(outcome)]
+        exploration.produced += bool(produced)
+        exploration.seen.update(produced)
+        exploration.last = outcome
+
+    def _missing(self, race: Race, exploration: Exploration) -> list[Produced]:
+        return [p for p in self._wanted(race) if p.description not in exploration.seen]
+
+    def _require_produced(self, race: Race, exploration: Exploration) -> None:
+        missing = self._missing(race, exploration)
         if missing:
             raise HarnessError(
                 f"race {race.name!r}: in {exploration.run} {self.level}-level interleavings "
@@ -173,146 +374,126 @@ class RaceEngine:
                 + "; ".join(p.description for p in missing)
                 + ". A race that did not happen proves nothing, so there is no verdict"
             )
-        return exploration
 
     def _wanted(self, race: Race) -> list[Produced]:
         return [p for p in race.produced if self.statement_level or not p.statement_level_only]
 
-    async def discover(self, race: Race) -> dict[str, int]:
-        """Each actor's number of steps, from a solo run of it on its own fresh database."""
-        steps: dict[str, int] = {}
-        for name in race.actors:
-            solo = dataclasses.replace(race, actors={name: race.actors[name]}, produced=())
-            outcome = await self.run(solo, (), check=False, hold=False)
-            if self.statement_level:
-                steps[name] = sum(2 if s.executes else 1 for s in outcome.statements[name])
-            else:
-                steps[name] = len(race.actors[name])
-        return steps
-
-    async def run(
-        self,
-        race: Race,
-        schedule: Sequence[str],
-        *,
-        check: bool = True,
-        hold: bool = True,
-    ) -> RaceOutcome:
-        """One interleaving on a fresh database; raises RaceFailure if the check fails."""
-        __tracebackhide__ = True
-        dsn = self.databases.create()  # ~10 ms; no worker thread a Ctrl-C could strand
-        try:
-            return await self._run_on(dsn, race, tuple(schedule), check=check, hold=hold)
-        finally:
-            self.databases.drop(dsn)
-
     # -- one interleaving ---------------------------------------------------------------
     async def _run_on(
-        self, dsn: str, race: Race, schedule: tuple[str, ...], *, check: bool, hold: bool
+        self,
+        dsn: str,
+        race: Race,
+        chooser: Chooser,
+        control: psycopg.AsyncConnection,
+        *,
+        check: bool,
     ) -> RaceOutcome:
         __tracebackhide__ = True
-        control = with_params(dsn, application_name="turnproof-control")
-        clock = await DatabaseClock.connect(control)
+        clock = DatabaseClock(control)  # clock_timestamp() is the server's, in any database
+        history, transcript, context = History(), ["schedule: "], {}
+        stores: dict[str, TurnStore] = {}
+        actors: dict[str, Actor] = {}
+        adapter = self._actors_adapter(race)
         try:
-            context = await self._setup(race, dsn, clock)
-            outcome = await self._interleave(dsn, race, schedule, context, hold=hold)
+            with self.phases.timed("connect"):  # every connection at once: they are independent
+                await _concurrently(
+                    [partial(self._open_store, stores, "setup", dsn)]
+                    + ([partial(self._open_store, stores, "reader", dsn)] if check else [])
+                    + [
+                        partial(
+                            self._open_actor,
+                            actors,
+                            adapter,
+                            name,
+                            ops,
+                            dsn,
+                            context,
+                            history,
+                            transcript,
+                        )
+                        for name, ops in race.actors.items()
+                    ]
+                )
+            with self.phases.timed("setup"):
+                context.update(await race.setup(stores["setup"], clock))
+                await stores.pop("setup").aclose()
+            ordered = [actors[name] for name in race.actors]
+            monitor = BlockingMonitor(control, database_name(dsn))
+            outcome = await self._interleave(
+                race, chooser, ordered, context, history, transcript, monitor
+            )
             outcome.finished_at = await clock.now()
+            if check:
+                with self.phases.timed("check"):
+                    await self._check(race, outcome, stores["reader"])
+            return outcome
         finally:
-            await clock.aclose()
-        if check:
-            await self._check(race, outcome, dsn)
-        return outcome
+            with self.phases.timed("close"):
+                await _concurrently(
+                    [partial(_close_store, store) for store in stores.values()]
+                    + [partial(self._close_actor, actor) for actor in actors.values()]
+                )
+
+    async def _open_store(self, stores: dict[str, TurnStore], role: str, dsn: str) -> None:
+        stores[role] = await self._connect(self.adapter, dsn, f"turnproof-{role}")
+
+    async def _connect(self, adapter: Adapter, dsn: str, name: str) -> TurnStore:
+        store = await adapter.connect(with_params(dsn, application_name=name))
+        return self.store_wrapper(store) if self.store_wrapper is not None else store
 
     async def _interleave(
-        self, dsn: str, race: Race, schedule: tuple[str, ...], context: Context, *, hold: bool
-    ) -> RaceOutcome:
-        history, transcript = History(), [f"schedule: {', '.join(schedule) or '(solo run)'}"]
-        monitor = await BlockingMonitor.connect(
-            with_params(dsn, application_name="turnproof-control")
-        )
-        actors: list[Actor] = []
-        try:
-            adapter = self._actors_adapter(race)
-            for name, ops in race.actors.items():
-                actors.append(
-                    await self._open_actor(adapter, name, ops, dsn, context, history, transcript)
-                )
-            if hold:
-                for actor in actors:
-                    self._arm(actor, actor.next_seq)
-            await self._perform(schedule, actors, monitor, transcript, race.name)
-            outcome = RaceOutcome(
-                race=race.name,
-                schedule=schedule,
-                context=context,
-                history=history,
-                statements={a.name: a.statements() for a in actors},
-                waited={a.name for a in actors if a.was_blocked},
-                transcript=transcript,
-            )
-        finally:
-            await monitor.aclose()
-            for actor in actors:
-                await self._close_actor(actor)
-        return outcome
-
-    async def _perform(
         self,
-        schedule: tuple[str, ...],
+        race: Race,
+        chooser: Chooser,
         actors: list[Actor],
-        monitor: BlockingMonitor,
+        context: Context,
+        history: History,
         transcript: list[str],
-        race: str,
-    ) -> None:
-        """Start the actors, follow the schedule, then let them finish; never hang."""
-        bound = self.step_timeout * (len(schedule) + len(actors) + 1)
-        failure: Exception | None = None
-        async with anyio.create_task_group() as tasks:
-            for actor in actors:
-                tasks.start_soon(actor.run, not self.statement_level)
-            try:
-                with anyio.fail_after(bound):
-                    await self._follow(schedule, actors, monitor, transcript)
-                    await self._drain(actors)
-            except Exception as exc:  # raised after the group, not wrapped in a group
-                failure = exc
-            if failure is not None:  # let the actors fail on their cut connections
-                for actor in actors:
-                    self._cut(actor)
-                    actor.stop()
-                with anyio.move_on_after(self.step_timeout):
-                    await _all_done(actors)
-                tasks.cancel_scope.cancel()
-        if isinstance(failure, TimeoutError):
-            raise HarnessError(
-                f"race {race!r} under schedule {list(schedule)}: a step never completed "
-                f"within {self.step_timeout:g} s (neither finished nor blocked on a lock)\n"
-                + "\n".join(transcript)
-            )
-        if failure is not None:
-            raise failure
-
-    async def _setup(self, race: Race, dsn: str, clock: DatabaseClock) -> Context:
-        store = await self.adapter.connect(with_params(dsn, application_name="turnproof-setup"))
+        monitor: BlockingMonitor,
+    ) -> RaceOutcome:
+        trace = Trace()
+        for actor in actors:
+            if actor.gate is not None:
+                actor.gate.hold_steps()
         try:
-            return dict(await race.setup(store, clock))
+            with self.phases.timed("schedule"):
+                await Scheduler(self.statement_level, self.step_timeout).perform(
+                    chooser, actors, monitor, transcript, race.name, trace
+                )
         finally:
-            await store.aclose()
-
-    async def _check(self, race: Race, outcome: RaceOutcome, dsn: str) -> None:
-        __tracebackhide__ = True
-        outcome.reader = await self.adapter.connect(
-            with_params(dsn, application_name="turnproof-reader")
+            transcript[0] = f"schedule: {format_schedule(trace.entries) or '(none)'}"
+        return RaceOutcome(
+            race=race.name,
+            schedule=tuple(trace.entries),
+            context=context,
+            history=history,
+            statements={a.name: a.statements() for a in actors},
+            waited={a.name for a in actors if a.was_blocked},
+            transcript=transcript,
+            capabilities=frozenset(self.adapter.capabilities),
+            decisions=trace.decisions,
+            indices=trace.indices(),
+            shortest=trace.shortest(),
+            steps={a.name: trace.statements(a.name) for a in actors},
+            waits=[wait for a in actors for wait in a.waits],
+            faults=[fault for a in actors for fault in a.faults],
         )
+
+    async def _check(self, race: Race, outcome: RaceOutcome, reader: TurnStore) -> None:
+        __tracebackhide__ = True
+        outcome.reader = reader
         try:
             await race.check(outcome)
         except AssertionError as exc:
-            rerun = f"\n{self.rerun(outcome.schedule)}" if self.rerun else ""
+            rerun = f"\n{self.rerun(outcome.shortest)}" if self.rerun else ""
+            lanes = "\n".join(render_lanes(timeline_of(outcome)))
+            transcript = f"\n\ntranscript:\n{outcome.describe()}" if self.transcript else ""
             raise RaceFailure(
-                f"{race.name}: {exc}\n\ntranscript:\n{outcome.describe()}{rerun}", outcome
+                f"{race.name}: {exc}\n\ntimeline (schedule: {format_schedule(outcome.schedule)}):"
+                f"\n{lanes}{transcript}{rerun}",
+                outcome,
             ) from None
         finally:
-            await outcome.reader.aclose()
             outcome.reader = None
 
     def _actors_adapter(self, race: Race) -> Adapter:
@@ -327,6 +508,7 @@ class RaceEngine:
 
     async def _open_actor(
         self,
+        actors: dict[str, Actor],
         adapter: Adapter,
         name: str,
         ops: list[Op],
@@ -334,213 +516,67 @@ class RaceEngine:
         context: Context,
         history: History,
         transcript: list[str],
-    ) -> Actor:
+    ) -> None:
         proxy = gate = None
         if self.proxies is not None:
             self._counter += 1
             proxy = self.proxies.create_proxy(f"actor-{name}-{self._counter}", _host_port(dsn))
-            gate = proxy.gate()
+            gate = ActorGate(proxy.gate())  # before connecting: it follows connections it saw open
             dsn = with_params(dsn, host="127.0.0.1", port=str(proxy.port))
-        store = await adapter.connect(with_params(dsn, application_name=application_name(name)))
-        actor = Actor(name, ops, store, history, context, transcript, proxy=proxy, gate=gate)
-        if gate is not None:  # statements sent while connecting are not scheduled
-            actor.next_seq = len(gate.events) + 1
-        return actor
+        store = await self._connect(adapter, dsn, application_name(name))
+        actors[name] = Actor(name, ops, store, history, context, transcript, proxy=proxy, gate=gate)
 
     async def _close_actor(self, actor: Actor) -> None:
-        with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
-            await actor.store.aclose()  # a cut connection may refuse a clean close
+        await _close_store(actor.store)
         if actor.proxy is not None and self.proxies is not None:
             name = actor.proxy.name
             self.proxies.call(lambda registry: registry.delete_proxy(name))
 
-    # -- scheduling ---------------------------------------------------------------------
-    def _arm(self, actor: Actor, seq: int) -> None:
-        gate = actor.gate
-        if gate is not None:
-            gate.hold_before(seq)
-            gate.hold_sync(seq)
 
-    async def _follow(
-        self,
-        schedule: tuple[str, ...],
-        actors: list[Actor],
-        monitor: BlockingMonitor,
-        transcript: list[str],
-    ) -> None:
-        by_name = {a.name: a for a in actors}
-        parked = {a.name: await self._settle(a, monitor) for a in actors}
-        for entry in schedule:
-            fault, _, name = entry.rpartition(":")
-            actor = by_name.get(name)
-            if actor is None or (fault and fault not in FAULTS):
-                raise HarnessError(f"schedule entry {entry!r}: no such actor or fault")
-            if fault:
-                await self._fault(fault, actor, monitor, transcript)
-            elif parked[name] is _Parked.DONE:
-                transcript.append(f"step {name}: (finished, nothing left to run)")
-                continue
-            elif parked[name] is _Parked.BLOCKED:
-                raise InvalidInterleaving(f"{name} is blocked and cannot move")
-            else:
-                await self._step(actor, parked[name], transcript)
-            step_line = len(transcript) - 1
-            for other in actors:
-                before = parked[other.name]
-                parked[other.name] = await self._settle(other, monitor)
-                if before is _Parked.BLOCKED and parked[other.name] is not _Parked.BLOCKED:
-                    transcript.append(f"step {other.name}: <... completed>")
-            if parked[name] is _Parked.BLOCKED:
-                blockers = ", ".join(await monitor.blockers(actor.application_name))
-                transcript[step_line] += f" <waiting ...> (on {blockers})"
+async def _close_store(store: TurnStore) -> None:
+    with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
+        await store.aclose()  # a cut connection may refuse a clean close
 
-    async def _step(self, actor: Actor, parked: _Parked, transcript: list[str]) -> None:
-        if not self.statement_level:
-            actor.permit()
-            operation = actor.ops[actor.permits_given - 1].operation
-            transcript.append(f"step {actor.name}: {operation}")
-            return
-        gate = actor.gate
-        assert gate is not None
-        seq = actor.next_seq
-        text = _statement_text(gate, seq)
-        if parked is _Parked.HELD:
-            self._arm(actor, seq + 1)
-            gate.release(seq)
-            transcript.append(f"step {actor.name}: {text}")
-        else:
-            gate.release_sync(seq)
-            transcript.append(f"step {actor.name}: commit ({text})")
 
-    async def _fault(
-        self, fault: str, actor: Actor, monitor: BlockingMonitor, transcript: list[str]
-    ) -> None:
-        in_flight = actor.next_seq
-        if fault == "cut":
-            self._cut(actor)
-            transcript.append(f"fault: {actor.name}'s connections cut at the proxy")
-        elif fault == "terminate":
-            ended = await monitor.terminate(actor.application_name)
-            transcript.append(f"fault: {actor.name}'s backend terminated ({ended} ended)")
-        elif fault == "kill":
-            await _process_of(actor).kill()
-            self._cut(actor)  # what it held at the gate, it never sent
-            transcript.append(f"fault: {actor.name}'s process killed (SIGKILL)")
-        else:
-            await self._kill_after_send(actor, in_flight, transcript)
-        gate = actor.gate
-        if gate is not None and len(gate.events) >= in_flight:  # until the gate sees it dead
-            await gate.wait_completed(in_flight, timeout=self.step_timeout)
+async def _concurrently(calls: list[Callable[[], Awaitable[object]]]) -> None:
+    """Await every call at once; the first error is raised as itself, not in a group."""
+    errors: list[BaseException] = []
 
-    async def _kill_after_send(self, actor: Actor, seq: int, transcript: list[str]) -> None:
-        """Freeze the process, so it cannot see what follows; let its held statement (or
-        commit) reach the server; cut the connection as the answer starts; then kill."""
-        process, gate = _process_of(actor), actor.gate
-        if gate is None:
-            raise HarnessError(
-                f"kill-after-send:{actor.name} needs statement level (the network capability)"
+    async def call(function: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await function()
+        except Exception as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for function in calls:
+            group.start_soon(call, function)
+    if errors:
+        raise errors[0]
+
+
+async def _until_unused(
+    control: psycopg.AsyncConnection,
+    database: str,
+    timeout: float,  # noqa: ASYNC109
+) -> None:
+    """Until no backend is left in `database`: a closed client's backend exits a moment
+    later, and DROP DATABASE would sleep 100 ms for each one still there."""
+    with anyio.move_on_after(timeout):
+        while True:
+            cursor = await control.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
             )
-        process.freeze()
-        gate.cut_after_send(seq)
-        event = await gate.wait_completed(seq, timeout=self.step_timeout)
-        await process.kill()
-        answered = "the server answered, the answer was cut" if event.cut else "it ended"
-        transcript.append(
-            f"fault: {actor.name}'s {_statement_text(gate, seq)} sent ({answered}); "
-            "its process killed (SIGKILL) before it could learn the outcome"
-        )
-
-    def _cut(self, actor: Actor) -> None:
-        if actor.gate is not None:
-            actor.gate.cut()
-
-    async def _settle(self, actor: Actor, monitor: BlockingMonitor) -> _Parked:
-        """Wait until the actor is parked; polling only bounds the wait for another process."""
-        with anyio.fail_after(self.step_timeout):
-            while True:
-                state = await self._parked(actor, monitor)
-                if state is not None:
-                    if state is _Parked.BLOCKED:
-                        actor.was_blocked = True
-                    return state
-                await anyio.sleep(POLL_SECONDS)
-
-    async def _parked(self, actor: Actor, monitor: BlockingMonitor) -> _Parked | None:
-        if actor.done:
-            return _Parked.DONE
-        if await monitor.blockers(actor.application_name):
-            return _Parked.BLOCKED
-        gate = actor.gate
-        if gate is None:
-            return _Parked.HELD if actor.awaiting_permit else None
-        for event in gate.held:
-            if event.seq != actor.next_seq:
-                continue
-            if event.held:
-                return _Parked.HELD
-            if event.sync_held and event.executed:
-                return _Parked.AT_COMMIT
-        finished = gate.events
-        if len(finished) >= actor.next_seq and finished[actor.next_seq - 1].finished:
-            actor.next_seq += 1  # a statement ended with nothing held: look at the next one
-            return await self._parked(actor, monitor)
-        return None
-
-    async def _drain(self, actors: list[Actor]) -> None:
-        """After the schedule: let every actor finish freely."""
-        for actor in actors:
-            if actor.gate is not None:
-                actor.gate.open()
-            for _ in range(len(actor.ops) - actor.permits_given):
-                actor.permit()
-        await _all_done(actors)
+            row = await cursor.fetchone()
+            if not row or not row[0]:
+                return
+            await anyio.sleep(BACKEND_EXIT_POLL)  # bounds a wait on other processes
 
 
-def _process_of(actor: Actor) -> DriverStore:
-    if not isinstance(actor.store, DriverStore):
-        raise HarnessError(
-            f"cannot kill {actor.name}: its store runs in this process; "
-            "a race that kills sets Race(processes=True)"
-        )
-    return actor.store
-
-
-async def _all_done(actors: list[Actor]) -> None:
-    for actor in actors:
-        while not actor.done:  # noqa: ASYNC110 (the actor is another task)
-            await anyio.sleep(POLL_SECONDS)
-
-
-def _statement_text(gate: object, seq: int) -> str:
-    events = gate.events  # type: ignore[attr-defined]
-    text = events[seq - 1].text if len(events) >= seq else ""
-    text = " ".join(text.split())
-    return text if len(text) <= 90 else text[:87] + "..."
+def _deviations(indices: Sequence[int]) -> int:
+    return sum(1 for index in indices if index)
 
 
 def _host_port(dsn: str) -> str:
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     return f"{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}"
-
-
-def round_robin(steps: dict[str, int]) -> list[tuple[str, ...]]:
-    """One schedule: each actor's next step in turn, A B C A B C ... (the worst case for
-    check-then-act: every actor checks before any acts)."""
-    left = dict(steps)
-    order: list[str] = []
-    while any(left.values()):
-        for name in steps:
-            if left[name]:
-                order.append(name)
-                left[name] -= 1
-    return [tuple(order)]
-
-
-def _sampled(steps: dict[str, int], count: int, rng: random.Random) -> list[tuple[str, ...]]:
-    """`count` distinct random interleavings (each actor's order kept), reproducible by seed."""
-    seen: set[tuple[str, ...]] = set()
-    pool = [name for name, n in steps.items() for _ in range(n)]
-    while len(seen) < count:
-        rng.shuffle(pool)
-        seen.add(tuple(pool))
-    return sorted(seen)

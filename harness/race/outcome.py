@@ -16,12 +16,34 @@ from harness.contract import TurnStore
 from harness.proxy.statement_gate import StatementEvent
 from harness.race.history import History, OperationRecord
 from harness.race.scenario import Context
+from harness.race.schedule import Schedule
+from harness.race.strategies import Decision
+
+
+@dataclass
+class LockWait:
+    """An actor's statement waiting on other sessions' locks (times: time.monotonic())."""
+
+    actor: str
+    blockers: tuple[str, ...]
+    started_at: float
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault the schedule inflicted: a cut, a terminated backend, a killed process."""
+
+    actor: str
+    kind: str
+    at: float  # time.monotonic()
+    description: str
 
 
 @dataclass
 class RaceOutcome:
     race: str
-    schedule: tuple[str, ...]
+    schedule: Schedule
     context: Context
     history: History
     statements: dict[str, list[StatementEvent]]
@@ -29,6 +51,17 @@ class RaceOutcome:
     finished_at: datetime | None = None  # the database clock when the last actor finished
     transcript: list[str] = field(default_factory=list)
     reader: TurnStore | None = None
+    capabilities: frozenset[str] = frozenset()
+    """What the adapter declares: a check may judge more where the adapter claims more."""
+    decisions: list[Decision] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    """The choice index taken at each decision (0: the non-preemptive choice)."""
+    shortest: Schedule = ()
+    """The schedule without its trailing non-preemptive steps: what a rerun line says."""
+    steps: dict[str, int] = field(default_factory=dict)
+    """How many steps each actor took in this interleaving."""
+    waits: list[LockWait] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
 
     def operations(self, actor: str) -> list[OperationRecord]:
         return self.history.of(actor)

@@ -19,11 +19,13 @@ actor's statements reach PostgreSQL, never the scenario.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.contract import TurnStore
+from harness.contract import STORE_OPERATIONS, TurnStore
+from harness.race.errors import InvalidRace
 
 if TYPE_CHECKING:
     from harness.db_clock import DatabaseClock
@@ -55,6 +57,19 @@ class Op:
     arguments: Mapping[str, Any]
 
     def __init__(self, operation: str, **arguments: Any) -> None:
+        if operation not in STORE_OPERATIONS:
+            raise InvalidRace(
+                f"Op({operation!r}): no such operation of the contract "
+                f"(harness.TurnStore has {', '.join(STORE_OPERATIONS)})"
+            )
+        parameters = inspect.signature(getattr(TurnStore, operation)).parameters
+        unknown = sorted(set(arguments) - set(parameters) - {"self"})
+        if unknown:
+            accepted = [name for name in parameters if name != "self"]
+            raise InvalidRace(
+                f"Op({operation!r}): unknown argument(s) {', '.join(unknown)} "
+                f"(it takes {', '.join(accepted)})"
+            )
         object.__setattr__(self, "operation", operation)
         object.__setattr__(self, "arguments", arguments)
 
@@ -97,11 +112,13 @@ class Race:
     notes: tuple[str, ...] = field(default=())
     processes: bool = False
     """Each actor's store lives in a process of its own (the adapter's driver, or the
-    Python worker), so schedules may kill it: "kill:NAME", "kill-after-send:NAME"."""
+    Python worker), so schedules may kill it: Kill(NAME), Kill(NAME, after_send=True)."""
 
     def __post_init__(self) -> None:
         if not self.actors or any(not ops for ops in self.actors.values()):
-            raise ValueError(f"race {self.name!r}: every actor needs at least one operation")
-        for actor in self.actors:
+            raise InvalidRace(f"race {self.name!r}: every actor needs at least one operation")
+        for actor, ops in self.actors.items():
             if not actor.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(f"race {self.name!r}: actor name {actor!r} must be a word")
+                raise InvalidRace(f"race {self.name!r}: actor name {actor!r} must be a word")
+            if not all(isinstance(op, Op) for op in ops):
+                raise InvalidRace(f"race {self.name!r}: actor {actor!r} has a non-Op operation")
