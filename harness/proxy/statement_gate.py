@@ -1,19 +1,24 @@
 """Statement-level control of PostgreSQL connections through one proxy (race engine).
 
-The gate parses both directions of every connection accepted while it is installed. A
-*statement* is everything the client sends up to and including a Query ('Q'), Sync
-('S') or FunctionCall ('F'); the server's ReadyForQuery ('Z') completes it. With that
-the gate can hold a statement's first byte back until released, report each statement's
-text and completion, and cut the connection before a statement or right after it was
-sent (when the server starts answering it). An extended-protocol statement has a second
-hold point: before its Sync. The server has then executed it inside its implicit
-transaction but not committed it, so its locks and unique-index entries stay held for as
-long as the gate likes: the window in which a concurrent writer must wait, or a writer
-can die before its commit. When it holds a Sync the gate sends a Flush in its place, so
-the server reports the statement's completion (or error) at once: `executed` then tells
-that the statement ran, not merely that its bytes were sent. Statements are numbered
-1, 2, 3... across the gate in the order their first byte arrives (`seq`), and per
-connection (`index`).
+The gate follows both directions of every connection accepted while it is installed,
+through a `StatementTracker` per connection (statement_tracker.py says what one statement
+is, across the shapes real clients send). Here is only the control: hold a statement's
+first byte back until released, hold its Sync, report each statement's text and
+completion, cut the connection before a statement or right after it was sent.
+
+An extended-protocol statement has a second hold point: before its Sync. The server has
+then executed it inside its implicit transaction but not committed it, so its locks and
+unique-index entries stay held for as long as the gate likes: the window in which a
+concurrent writer must wait, or a writer can die before its commit. When it holds a Sync
+the gate sends a Flush in its place, so the server reports the statement's completion (or
+error) at once: `executed` then tells that the statement ran, not merely that its bytes
+were sent. Statements are numbered 1, 2, 3... across the gate in the order their first
+byte arrives (`seq`), and per connection (`index`).
+
+Operation scoping: statements whose first byte arrives between `begin_operation` and
+`end_operation` belong to that operation; housekeeping (SET, RESET, pings...) and
+prepare-only statements never are steps. In step mode (`hold_steps`) every step is held
+at both hold points without the caller predicting its number.
 
 Every public method may be called from any thread or event loop.
 """
@@ -21,23 +26,23 @@ Every public method may be called from any thread or event loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from harness.proxy import wire_protocol as wp
 from harness.proxy.errors import BadRequest, WaitTimeout
+from harness.proxy.statement_tracker import Mark, StatementTracker, Unit, UnknownWireShape
 from harness.proxy.threadsafe import LoopOwner, owner_thread
 
 if TYPE_CHECKING:
     from harness.proxy.connection import Connection
 
 DEFAULT_WAIT = 30.0
-TERMINATORS = frozenset("QSF")
 FLUSH = b"H\x00\x00\x00\x04"
-NOT_STATEMENT_START = frozenset("Xdcfp")  # terminate, COPY data/done/fail, auth replies
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class StatementEvent:
     text: str
     received_at: float
     forwarded_at: float | None  # its first byte reached the server
-    sent_at: float | None  # all of it (Sync included) reached the server
+    sent_at: float | None  # its first flight wholly reached the server: the client waits
     completed_at: float | None
     error: bool
     sqlstate: str | None
@@ -62,6 +67,16 @@ class StatementEvent:
     executed: bool  # the server reported it complete or failed (before its Sync, if held)
     cut: bool  # the gate cut its connection before it completed
     closed: bool  # its connection ended (otherwise) before it completed
+    synced_at: float | None = None  # its Sync / Query / FunctionCall passed: wholly sent
+    scheduled: bool = False  # a step of an operation (not housekeeping, not a prepare)
+    housekeeping: bool = False  # SET, RESET, DISCARD, SHOW, a ping, a lone Sync
+    operation: int | None = None  # the operation in flight when its first byte arrived
+    flights: int = 0  # client flights so far (describe-first: 2)
+    awaiting_server: bool = False  # between the flights of a describe-first statement
+    texts: tuple[str, ...] = ()  # every statement of it (a pipeline: one per Execute)
+    execute_count: int = 0
+    answered_at: float | None = None  # the server's first answer to it (any flight) came
+    received_whole: bool = False  # its Sync / Query reached the gate (perhaps held there)
 
     @property
     def finished(self) -> bool:
@@ -76,6 +91,7 @@ class StatementEvent:
             "received_at": self.received_at,
             "forwarded_at": self.forwarded_at,
             "sent_at": self.sent_at,
+            "synced_at": self.synced_at,
             "completed_at": self.completed_at,
             "error": self.error,
             "sqlstate": self.sqlstate,
@@ -84,29 +100,34 @@ class StatementEvent:
             "held": self.held,
             "sync_held": self.sync_held,
             "executes": self.executes,
+            "execute_count": self.execute_count,
             "executed": self.executed,
             "cut": self.cut,
             "closed": self.closed,
+            "scheduled": self.scheduled,
+            "housekeeping": self.housekeeping,
+            "operation": self.operation,
+            "flights": self.flights,
+            "awaiting_server": self.awaiting_server,
+            "texts": list(self.texts),
+            "answered_at": self.answered_at,
+            "received_whole": self.received_whole,
         }
 
 
-@dataclass
+@dataclass(eq=False)
 class _Statement:
     seq: int
     conn: _GateConnection
-    index: int
+    unit: Unit
     received_at: float
-    text: str = ""
-    first_message_done: bool = False
+    operation: int | None
     forwarded_at: float | None = None  # its first byte passed the gate
-    executes: bool = False  # an Execute message was seen before its Sync
     flushed: bool = False  # a Flush was sent in place of its held Sync
     sent_at: float | None = None
+    synced_at: float | None = None
+    answered_at: float | None = None
     completed_at: float | None = None
-    error: bool = False
-    sqlstate: str | None = None
-    tx_status: str | None = None
-    tags: list[str] = field(default_factory=list)
     cut: bool = False
     closed: bool = False
 
@@ -114,37 +135,54 @@ class _Statement:
     def finished(self) -> bool:
         return self.completed_at is not None or self.cut or self.closed
 
+    @property
+    def scheduled(self) -> bool:
+        unit = self.unit
+        return self.operation is not None and not (unit.housekeeping or unit.prepare_only)
+
     def snapshot(self) -> StatementEvent:
+        unit = self.unit
         return StatementEvent(
             seq=self.seq,
             conn_id=self.conn.conn.id,
-            index=self.index,
-            text=self.text,
+            index=unit.index,
+            text=unit.text,
             received_at=self.received_at,
             forwarded_at=self.forwarded_at,
             sent_at=self.sent_at,
             completed_at=self.completed_at,
-            error=self.error,
-            sqlstate=self.sqlstate,
-            tx_status=self.tx_status,
-            command_tags=tuple(self.tags),
+            error=unit.error,
+            sqlstate=unit.sqlstate,
+            tx_status=unit.tx_status,
+            command_tags=tuple(unit.tags),
             held=self.conn.blocked_at is self,
             sync_held=self.conn.blocked_at_sync is self,
-            executes=self.executes,
-            executed=bool(self.tags) or self.error,
+            executes=unit.execute_count > 0,
+            executed=unit.executed,
             cut=self.cut,
             closed=self.closed,
+            synced_at=self.synced_at,
+            scheduled=self.scheduled,
+            housekeeping=unit.housekeeping,
+            operation=self.operation,
+            flights=unit.flights,
+            awaiting_server=unit.awaiting_server,
+            texts=tuple(unit.texts),
+            execute_count=unit.execute_count,
+            answered_at=self.answered_at,
+            received_whole=unit.synced,
         )
 
 
 @dataclass
 class _Segment:
-    """Frontend bytes not yet forwarded; split wherever a statement starts or ends."""
+    """Frontend bytes not yet forwarded; split wherever a hold point or boundary lies."""
 
     data: bytes
     starts: _Statement | None = None
-    ends: _Statement | None = None
     syncs: _Statement | None = None  # the segment begins this statement's Sync
+    flight_ends: _Statement | None = None  # the segment ends a flight of this statement
+    synced: _Statement | None = None  # the segment ends this statement's Sync or Query
 
 
 class StatementGate:
@@ -156,8 +194,15 @@ class StatementGate:
         self._breakpoints: set[int] = set()
         self._sync_breakpoints: set[int] = set()
         self._cut_after_send: set[int] = set()
+        self._step_mode = False
+        self._released: set[int] = set()  # step mode: let through before their first byte
+        self._sync_released: set[int] = set()  # step mode: let through at their Sync
+        self._operation_depth = 0
+        self._operations = 0
+        self._version = 0
+        self._failure: UnknownWireShape | None = None
         self._conns: list[_GateConnection] = []
-        self._waiters: list[tuple[Callable[[], StatementEvent | None], asyncio.Future[Any]]] = []
+        self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._detached = False
 
     # -- control (synchronous, thread-safe) ---------------------------------------------
@@ -186,14 +231,40 @@ class StatementGate:
         """
         if seq < 1:
             raise BadRequest("statement numbers start at 1")
-        if seq <= len(self._statements) and self._statements[seq - 1].sent_at is not None:
+        if seq <= len(self._statements) and self._statements[seq - 1].synced_at is not None:
             raise BadRequest(f"statement {seq} was already sent whole")
         self._sync_breakpoints.add(seq)
+
+    @owner_thread
+    def hold_steps(self, enabled: bool = True) -> None:
+        """Step mode: hold every step of an operation before its first byte and before its
+        Sync, so the engine need not predict statement numbers (pools, pings and
+        connect-time statements make them unpredictable). Release as usual."""
+        self._step_mode = enabled
+        self._pump_all()
+
+    @owner_thread
+    def begin_operation(self) -> int:
+        """A store operation starts: statements arriving from now on are its steps."""
+        self._operation_depth += 1
+        if self._operation_depth == 1:
+            self._operations += 1
+        self._changed()
+        return self._operations
+
+    @owner_thread
+    def end_operation(self) -> None:
+        """The operation returned: later statements (a pool's RESET on return) are not steps."""
+        if self._operation_depth == 0:
+            raise BadRequest("end_operation without begin_operation")
+        self._operation_depth -= 1
+        self._changed()
 
     @owner_thread
     def release_sync(self, seq: int) -> None:
         """Let statement `seq`'s Sync through (held or not yet reached): it commits."""
         self._sync_breakpoints.discard(seq)
+        self._sync_released.add(seq)
         self._pump_all()
 
     @owner_thread
@@ -201,20 +272,27 @@ class StatementGate:
         """Let statement `seq` through (held or not yet reached); by default every
         statement held right now. Armed breakpoints not yet reached stay armed."""
         if seq is None:
-            self._breakpoints -= {c.blocked_at.seq for c in self._conns if c.blocked_at}
-            self._sync_breakpoints -= {
-                c.blocked_at_sync.seq for c in self._conns if c.blocked_at_sync
-            }
+            for conn in self._conns:
+                if conn.blocked_at is not None:
+                    self._let_through(conn.blocked_at.seq)
+                if conn.blocked_at_sync is not None:
+                    self._sync_breakpoints.discard(conn.blocked_at_sync.seq)
+                    self._sync_released.add(conn.blocked_at_sync.seq)
         else:
-            self._breakpoints.discard(seq)
+            self._let_through(seq)
         self._pump_all()
+
+    def _let_through(self, seq: int) -> None:
+        self._breakpoints.discard(seq)
+        self._released.add(seq)
 
     @owner_thread
     def open(self) -> None:
-        """Let everything through from now on, held or armed, and keep observing: unlike
-        `detach`, statements still complete in `events`."""
+        """Let everything through from now on, held or armed, step mode ended, and keep
+        observing: unlike `detach`, statements still complete in `events`."""
         self._breakpoints.clear()
         self._sync_breakpoints.clear()
+        self._step_mode = False
         self._pump_all()
 
     @owner_thread
@@ -237,11 +315,12 @@ class StatementGate:
             if len(held) != 1:
                 raise BadRequest(f"cut_after_send needs exactly one held statement, not {held}")
             seq = held[0]
-        if seq <= len(self._statements) and self._statements[seq - 1].sent_at is not None:
+        if seq <= len(self._statements) and self._statements[seq - 1].synced_at is not None:
             raise BadRequest(f"statement {seq} was already sent")
         self._cut_after_send.add(seq)
-        self._breakpoints.discard(seq)
+        self._let_through(seq)
         self._sync_breakpoints.discard(seq)
+        self._sync_released.add(seq)
         self._pump_all()
         return seq
 
@@ -249,6 +328,11 @@ class StatementGate:
     def events(self) -> list[StatementEvent]:
         """Every statement seen so far, in `seq` order."""
         return self._owner.call(lambda: [s.snapshot() for s in self._statements])
+
+    @property
+    def steps(self) -> list[StatementEvent]:
+        """The statements that are steps of an operation, in `seq` order."""
+        return self._owner.call(lambda: [s.snapshot() for s in self._statements if s.scheduled])
 
     @property
     def held(self) -> list[StatementEvent]:
@@ -266,9 +350,32 @@ class StatementGate:
     def breakpoints(self) -> list[int]:
         return self._owner.call(lambda: sorted(self._breakpoints))
 
+    @property
+    def version(self) -> int:
+        """Bumped on every change the gate sees; pair with `wait_changed`."""
+        return self._version
+
+    @property
+    def failure(self) -> UnknownWireShape | None:
+        """Why the gate stopped following a connection it could not understand, if it did."""
+        return self._failure
+
     # -- waiting (async, from any loop) -------------------------------------------------
     # The waits take a default bound (rather than relying on the caller's cancel scope)
     # because a mis-scheduled race must fail a run, not hang it.
+    async def wait_changed(
+        self,
+        since: int,
+        timeout: float | None = DEFAULT_WAIT,  # noqa: ASYNC109
+    ) -> int:
+        """Until the gate's `version` is past `since`; returns the version then."""
+        return await self._owner.run(
+            self._wait,
+            lambda: self._version if self._version > since else None,
+            timeout,
+            f"a change after version {since}",
+        )
+
     async def wait_held(
         self,
         seq: int | None = None,
@@ -282,7 +389,8 @@ class StatementGate:
         seq: int,
         timeout: float | None = DEFAULT_WAIT,  # noqa: ASYNC109
     ) -> StatementEvent:
-        """Until statement `seq` has wholly passed the gate (or ended)."""
+        """Until statement `seq`'s first flight has wholly passed the gate (or it ended):
+        the client then waits for the server."""
         return await self._owner.run(
             self._wait,
             lambda: self._find(seq, lambda s: s.sent_at is not None or s.finished),
@@ -303,25 +411,6 @@ class StatementGate:
             f"statement {seq} to complete",
         )
 
-    async def _wait(
-        self,
-        check: Callable[[], StatementEvent | None],
-        timeout: float | None,  # noqa: ASYNC109
-        what: str,
-    ) -> StatementEvent:
-        found = check()
-        if found is not None:
-            return found
-        future: asyncio.Future[StatementEvent] = self._owner.loop.create_future()
-        entry = (check, future)
-        self._waiters.append(entry)
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise WaitTimeout(f"timed out after {timeout}s waiting for {what}") from None
-        finally:
-            self._waiters.remove(entry)
-
     async def wait_sync_held(
         self,
         seq: int,
@@ -335,13 +424,34 @@ class StatementGate:
             f"statement {seq} to be held before its Sync",
         )
 
+    async def _wait(
+        self,
+        check: Callable[[], T | None],
+        timeout: float | None,  # noqa: ASYNC109
+        what: str,
+    ) -> T:
+        found = check()
+        if found is not None:
+            return found
+        if self._failure is not None:
+            raise self._failure
+        future: asyncio.Future[T] = self._owner.loop.create_future()
+        entry = (check, future)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise WaitTimeout(f"timed out after {timeout}s waiting for {what}") from None
+        finally:
+            self._waiters.remove(entry)
+
     def _find_held(self, seq: int | None) -> StatementEvent | None:
         for conn in self._conns:
             stmt = conn.blocked_at
             if (
                 stmt is not None
                 and (seq is None or stmt.seq == seq)
-                and (stmt.first_message_done or conn.eof_pending)
+                and (stmt.unit.first_message_done or conn.eof_pending)
             ):
                 return stmt.snapshot()
         return None
@@ -362,23 +472,43 @@ class StatementGate:
         """Release everything and stop parsing; live connections carry on unfiltered."""
         self._detached = True
         self._breakpoints.clear()
+        self._step_mode = False
         for conn in list(self._conns):
             conn.go_transparent()
         self._changed()
 
-    def _new_statement(self, conn: _GateConnection, index: int) -> _Statement:
-        stmt = _Statement(len(self._statements) + 1, conn, index, time.monotonic())
+    def _new_statement(self, conn: _GateConnection, unit: Unit) -> _Statement:
+        operation = self._operations if self._operation_depth else None
+        stmt = _Statement(len(self._statements) + 1, conn, unit, time.monotonic(), operation)
         self._statements.append(stmt)
         return stmt
 
-    def _is_breakpoint(self, stmt: _Statement) -> bool:
-        return stmt.seq in self._breakpoints
+    def _holds_before(self, stmt: _Statement) -> bool:
+        if stmt.seq in self._breakpoints:
+            return True
+        return self._step_mode and stmt.scheduled and stmt.seq not in self._released
 
-    def _is_sync_breakpoint(self, stmt: _Statement) -> bool:
-        return stmt.seq in self._sync_breakpoints
+    def _undecided(self, stmt: _Statement) -> bool:
+        """In step mode a statement waits at the gate until its first flight is in: only
+        then does the gate know whether it is a step (a ping, a prepare-only Sync...)."""
+        return (
+            self._step_mode
+            and stmt.operation is not None
+            and stmt.seq not in self._released
+            and not stmt.unit.first_flight_done
+        )
+
+    def _holds_sync(self, stmt: _Statement) -> bool:
+        if stmt.seq in self._sync_breakpoints:
+            return True
+        return self._step_mode and stmt.scheduled and stmt.seq not in self._sync_released
 
     def _cut_armed(self, stmt: _Statement) -> bool:
         return stmt.seq in self._cut_after_send
+
+    def _fail(self, failure: UnknownWireShape) -> None:
+        if self._failure is None:
+            self._failure = failure
 
     def _forget(self, conn: _GateConnection) -> None:
         if conn in self._conns:
@@ -390,30 +520,29 @@ class StatementGate:
         self._changed()
 
     def _changed(self) -> None:
+        self._version += 1
         for check, future in list(self._waiters):
-            if not future.done():
-                found = check()
-                if found is not None:
-                    future.set_result(found)
+            if future.done():
+                continue
+            found = check()
+            if found is not None:
+                future.set_result(found)
+            elif self._failure is not None:
+                future.set_exception(self._failure)
 
 
 class _GateConnection:
-    """Per-connection parser state; installed as the filter of both links."""
+    """One connection's tracker and forwarding queue; installed as both links' filter."""
 
     def __init__(self, gate: StatementGate, conn: Connection) -> None:
         self.gate = gate
         self.conn = conn
-        self.front = wp.MessageFramer(untyped=True, capture=frozenset("QPB"))
-        self.back = wp.MessageFramer(untyped=False, capture=frozenset("ZEC"))
+        self.tracker = StatementTracker()
+        self.statements: dict[Unit, _Statement] = {}
         self.segments: deque[_Segment] = deque()
         self.eof_pending = False
         self.blocked_at: _Statement | None = None
         self.blocked_at_sync: _Statement | None = None
-        self.sync_pending: _Statement | None = None  # the next segment starts its Sync
-        self.current: _Statement | None = None  # receiving, not yet terminated
-        self.inflight: deque[_Statement] = deque()  # terminated, awaiting ReadyForQuery
-        self.prepared: dict[str, str] = {}
-        self.count = 0
         self.transparent = False
         conn.link("upstream").filter = _Frontend(self)
         conn.link("downstream").filter = _Backend(self)
@@ -421,65 +550,28 @@ class _GateConnection:
     # frontend ---------------------------------------------------------------------------
     def on_frontend(self, data: bytes) -> None:
         try:
-            events = self.front.feed(data)
-        except wp.ProtocolError:
-            self.segments.append(_Segment(data))
-            self.go_transparent()
+            marks = self.tracker.feed_frontend(data)
+        except UnknownWireShape as exc:
+            self._give_up(exc, frontend=data)
             return
-        pos, starts = 0, None
-        for kind, mtype, offset, body in events:
-            if kind == wp.START and mtype and mtype not in NOT_STATEMENT_START:
-                if self.current is None:
-                    self._append(data[pos:offset], starts, None)
-                    self.count += 1
-                    self.current = self.gate._new_statement(self, self.count)
-                    pos, starts = offset, self.current
-                elif mtype == "S" and self.current.executes:
-                    self._append(data[pos:offset], starts, None)
-                    pos, starts = offset, None
-                    self.sync_pending = self.current
-            elif kind == wp.END:
-                if mtype == "" and body is not None:
-                    if wp.untyped_code(body) in (wp.SSL_REQUEST, wp.GSSENC_REQUEST):
-                        self.back.pending_bytes += 1
-                    continue
-                stmt = self.current
-                if stmt is None:
-                    continue
-                self._learn_text(stmt, mtype, body)
-                stmt.first_message_done = True
-                stmt.executes = stmt.executes or mtype == "E"
-                if mtype in TERMINATORS:
-                    self._append(data[pos:offset], starts, stmt)
-                    pos, starts = offset, None
-                    self.current = None
-                    self.inflight.append(stmt)
-        self._append(data[pos:], starts, None)
+        bounds = sorted({0, len(data)} | {offset for offset, _, _ in marks})
+        for start, end in itertools.pairwise(bounds):
+            segment = _Segment(data[start:end])
+            for offset, mark, unit in marks:
+                if offset == start and mark is Mark.BEGIN:
+                    self.statements[unit] = self.gate._new_statement(self, unit)
+                stmt = self.statements.get(unit)  # None: its connection already ended
+                if offset == start and mark is Mark.BEGIN:
+                    segment.starts = stmt
+                elif offset == start and mark is Mark.SYNC:
+                    segment.syncs = stmt
+                elif offset == end and mark is Mark.FLIGHT_END:
+                    segment.flight_ends = stmt
+                elif offset == end and mark is Mark.SYNCED:
+                    segment.synced = stmt
+            self.segments.append(segment)
         self.pump()
         self.gate._changed()
-
-    def _learn_text(self, stmt: _Statement, mtype: str, body: bytes | None) -> None:
-        if body is None:
-            return
-        text = ""
-        if mtype == "Q":
-            text = wp.query_text(body)
-        elif mtype == "P":
-            name, text = wp.parse_statement(body)
-            if name:
-                self.prepared[name] = text
-        elif mtype == "B":
-            text = self.prepared.get(wp.bind_statement(body), "")
-        if not stmt.text:  # a pipelined batch is named after its first statement
-            stmt.text = text
-
-    def _append(self, data: bytes, starts: _Statement | None, ends: _Statement | None) -> None:
-        if not (data or starts is not None or ends is not None):
-            return
-        syncs = None
-        if data and self.sync_pending is not None:  # the first bytes of the Sync
-            syncs, self.sync_pending = self.sync_pending, None
-        self.segments.append(_Segment(data, starts, ends, syncs))
 
     def on_frontend_eof(self) -> None:
         self.eof_pending = True
@@ -487,27 +579,33 @@ class _GateConnection:
         self.gate._changed()
 
     def pump(self) -> None:
-        """Forward queued frontend bytes up to the first unreleased breakpoint."""
+        """Forward queued frontend bytes up to the first unreleased hold point."""
         link = self.conn.link("upstream")
         while self.segments:
             segment = self.segments[0]
-            starts = segment.starts
-            if starts is not None and not self.transparent and self.gate._is_breakpoint(starts):
-                self.blocked_at, self.blocked_at_sync = starts, None
-                return
-            syncs = segment.syncs
-            if syncs is not None and not self.transparent and self.gate._is_sync_breakpoint(syncs):
-                self.blocked_at, self.blocked_at_sync = None, syncs
-                if not syncs.flushed:  # make the server answer what it has executed so far
-                    syncs.flushed = True
-                    link.push(FLUSH)
-                return
+            if not self.transparent:
+                starts, syncs = segment.starts, segment.syncs
+                if starts is not None and self.gate._holds_before(starts):
+                    self.blocked_at, self.blocked_at_sync = starts, None
+                    return
+                if starts is not None and not self.eof_pending and self.gate._undecided(starts):
+                    self.blocked_at = self.blocked_at_sync = None
+                    return
+                if syncs is not None and self.gate._holds_sync(syncs):
+                    self.blocked_at, self.blocked_at_sync = None, syncs
+                    if not syncs.flushed:  # make the server answer what it has executed so far
+                        syncs.flushed = True
+                        link.push(FLUSH)
+                    return
             self.segments.popleft()
-            if starts is not None:
-                starts.forwarded_at = time.monotonic()
+            now = time.monotonic()
+            if segment.starts is not None:
+                segment.starts.forwarded_at = now
             link.push(segment.data)
-            if segment.ends is not None:
-                segment.ends.sent_at = time.monotonic()
+            if segment.flight_ends is not None and segment.flight_ends.sent_at is None:
+                segment.flight_ends.sent_at = now
+            if segment.synced is not None:
+                segment.synced.synced_at = now
         self.blocked_at = self.blocked_at_sync = None
         if self.eof_pending:
             self.eof_pending = False
@@ -515,44 +613,33 @@ class _GateConnection:
 
     # backend ----------------------------------------------------------------------------
     def on_backend(self, data: bytes) -> None:
+        downstream = self.conn.link("downstream")
         try:
-            events = self.back.feed(data)
-        except wp.ProtocolError:
-            self.go_transparent()
-            self.conn.link("downstream").push(data)
+            marks = self.tracker.feed_backend(data)
+        except UnknownWireShape as exc:
+            self._give_up(exc)
+            downstream.push(data)
             return
-        for kind, mtype, offset, body in events:
-            if kind == wp.BYTE:
-                if body in (b"S", b"G"):  # TLS or GSS encryption accepted: opaque from now
-                    self.go_transparent()
-                    self.conn.link("downstream").push(data)
-                    return
-            elif kind == wp.START and self.inflight and self._cut_now(self.inflight[0]):
-                self.conn.link("downstream").push(data[:offset])
-                self.inflight[0].cut = True
+        now = time.monotonic()
+        for offset, mark, unit in marks:
+            stmt = self.statements.get(unit)
+            if stmt is None:
+                continue
+            if mark is Mark.ANSWER and stmt.answered_at is None:
+                stmt.answered_at = now
+            if mark is Mark.ANSWER and stmt.synced_at is not None and self.gate._cut_armed(stmt):
+                downstream.push(data[:offset])
+                stmt.cut = True
                 self.cut()
                 self.gate._changed()
                 return
-            elif kind == wp.END and self.inflight and body is not None:
-                self._learn_reply(mtype, body)
-        self.conn.link("downstream").push(data)
+            if mark is Mark.COMPLETED:
+                stmt.completed_at = now
+                del self.statements[unit]
+        downstream.push(data)
+        if self.tracker.encrypted:  # TLS or GSS encryption accepted: opaque from now
+            self.go_transparent()
         self.gate._changed()
-
-    def _cut_now(self, head: _Statement) -> bool:
-        """Armed, and wholly sent: answers to what came before its Sync do not count."""
-        return head.sent_at is not None and self.gate._cut_armed(head)
-
-    def _learn_reply(self, mtype: str, body: bytes) -> None:
-        head = self.inflight[0]
-        if mtype == "Z":
-            self.inflight.popleft()
-            head.completed_at = time.monotonic()
-            head.tx_status = chr(body[0]) if body else None
-        elif mtype == "E":
-            head.error = True
-            head.sqlstate = wp.error_fields(body).get("C")
-        elif mtype == "C":
-            head.tags.append(wp.command_tag(body))
 
     def on_backend_eof(self) -> None:
         """The server side is gone: nothing pending can complete any more."""
@@ -569,22 +656,27 @@ class _GateConnection:
         self._end()
 
     def _unfinished(self) -> list[_Statement]:
-        pending = list(self.inflight) + ([self.current] if self.current else [])
-        pending += [s.starts for s in self.segments if s.starts is not None]
-        return [stmt for stmt in pending if not stmt.finished]
+        return [stmt for stmt in self.statements.values() if not stmt.finished]
 
     def _end(self) -> None:
         for stmt in self._unfinished():
             stmt.closed = True
-        self.inflight.clear()
-        self.current = None
+        self.statements.clear()
         self.segments.clear()
         self.blocked_at = self.blocked_at_sync = None
         self.gate._forget(self)
         self.gate._changed()
 
+    def _give_up(self, failure: UnknownWireShape, frontend: bytes = b"") -> None:
+        """A shape the tracker does not know: say so to every wait, then stop filtering."""
+        self.gate._fail(failure)
+        if frontend:
+            self.segments.append(_Segment(frontend))
+        self.go_transparent()
+        self.gate._changed()
+
     def go_transparent(self) -> None:
-        """Stop parsing (gate removed, encryption, or not PostgreSQL): flush and unhook."""
+        """Stop parsing (gate removed, encryption, unknown shape): flush and unhook."""
         self.transparent = True
         self.pump()
         self.conn.link("upstream").filter = None

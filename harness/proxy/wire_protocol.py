@@ -103,8 +103,9 @@ def untyped_code(body: bytes) -> int:
 
 
 def _cstrings(body: bytes, count: int) -> list[str]:
-    parts = body.split(b"\0", count)
-    return [part.decode("utf-8", "replace") for part in parts[:count]]
+    parts = body.split(b"\0", count)[:count]
+    parts += [b""] * (count - len(parts))  # a truncated capture still names what it has
+    return [part.decode("utf-8", "replace") for part in parts]
 
 
 def query_text(body: bytes) -> str:
@@ -118,9 +119,15 @@ def parse_statement(body: bytes) -> tuple[str, str]:
     return name, query
 
 
-def bind_statement(body: bytes) -> str:
-    """Bind ('B'): the prepared statement name it binds."""
-    return _cstrings(body, 2)[1]
+def bind_names(body: bytes) -> tuple[str, str]:
+    """Bind ('B'): (portal name, prepared statement name it binds)."""
+    portal, statement = _cstrings(body, 2)
+    return portal, statement
+
+
+def execute_portal(body: bytes) -> str:
+    """Execute ('E'): the portal it runs."""
+    return _cstrings(body, 1)[0]
 
 
 def command_tag(body: bytes) -> str:

@@ -3,15 +3,22 @@ PostgreSQL. Every ordering is by control: gate waits, held statements, row locks
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 import threading
 import uuid
+from collections.abc import AsyncIterator
 
 import anyio
+import asyncpg
 import psycopg
 import pytest
 
-from harness.proxy import ProxyServer, StatementGate, WaitTimeout
+from examples.asyncpg_store.store import connect_kwargs
+from harness.proxy import ProxyServer, StatementEvent, StatementGate, WaitTimeout
 from harness.proxy.errors import BadRequest
+from harness.proxy.statement_tracker import UnknownWireShape
 
 pytestmark = pytest.mark.anyio
 
@@ -321,3 +328,188 @@ async def test_sync_hold_keeps_the_statement_uncommitted(
     else:
         assert outcomes == {"winner": "OperationalError", "waiter": "inserted"}
         assert rows == [("waiter",)]
+
+
+# Real clients' shapes: describe-first, operations, pools, unknown shapes ----------------
+
+
+@contextlib.asynccontextmanager
+async def released_on_failure(gate: StatementGate) -> AsyncIterator[None]:
+    """A failed assertion must not leave a client waiting on a hold (its task would hang
+    the task group's exit)."""
+    try:
+        yield
+    except BaseException:
+        gate.open()
+        raise
+
+
+async def executed(gate: StatementGate, seq: int) -> StatementEvent:
+    """Once the server reported statement `seq` executed: woken by the gate, no polling."""
+    version = gate.version
+    while not (event := gate.events[seq - 1]).executed:
+        version = await gate.wait_changed(version)
+    return event
+
+
+async def asyncpg_connect(proxy, dsn_through, **params) -> asyncpg.Connection:
+    return await asyncpg.connect(**connect_kwargs(dsn_through(proxy.port, **params)))
+
+
+async def test_describe_first_is_one_statement_with_both_hold_points(
+    pg_proxy, dsn_through, table, direct
+):
+    """asyncpg: Parse/Describe/Flush, the server answers, then Bind/Execute/Sync."""
+    gate = pg_proxy.gate()
+    conn = await asyncpg_connect(pg_proxy, dsn_through, application_name="describer")
+    try:
+        seq = len(gate.events) + 1
+        gate.hold_before(seq)
+        gate.hold_sync(seq)
+        async with anyio.create_task_group() as tg, released_on_failure(gate):
+            tg.start_soon(conn.execute, f"INSERT INTO {table} VALUES ($1, $2)", 1, "describer")
+            held = await gate.wait_held(seq)
+            assert (held.text, held.flights, held.awaiting_server, held.forwarded_at) == (
+                f"INSERT INTO {table} VALUES ($1, $2)",
+                1,
+                True,
+                None,
+            )
+            gate.release(seq)
+            await gate.wait_sync_held(seq)
+            at_commit = await executed(gate, seq)
+            assert at_commit.sync_held
+            assert at_commit.flights == 2
+            assert at_commit.sent_at is not None
+            assert at_commit.synced_at is None
+            assert direct.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+            gate.release_sync(seq)
+            done = await gate.wait_completed(seq)
+        assert done.command_tags == ("INSERT 0 1",)
+        assert done.sent_at < done.synced_at <= done.completed_at
+        assert direct.execute(f"SELECT who FROM {table}").fetchall() == [("describer",)]
+    finally:
+        await conn.close()
+
+
+async def test_step_mode_holds_only_the_steps_of_an_operation(pg_proxy, dsn_through, table, direct):
+    """A connect-time ping, the pool's ping and SET inside the operation, and a statement
+    after it pass unheld and are no steps; the one write is held at both hold points."""
+    gate = pg_proxy.gate()
+    insert = f"INSERT INTO {table} VALUES ($1, $2)"
+    async with await connect(pg_proxy, dsn_through, autocommit=True) as conn:
+        await conn.execute("SELECT 1=1")  # at connect, no operation in flight
+        gate.hold_steps()
+
+        async def operation() -> None:
+            assert gate.begin_operation() == 1
+            try:
+                await conn.execute("SELECT 1")  # the pool's checkout ping
+                await conn.execute("SET lock_timeout = '5s'")
+                await conn.execute(insert.replace("$1", "%s").replace("$2", "%s"), [1, "step"])
+            finally:
+                gate.end_operation()
+
+        async with anyio.create_task_group() as tg, released_on_failure(gate):
+            tg.start_soon(operation)
+            held = await gate.wait_held()
+            assert (held.text, held.scheduled, held.operation) == (insert, True, 1)
+            gate.release(held.seq)
+            await gate.wait_sync_held(held.seq)
+            assert (await executed(gate, held.seq)).sync_held
+            gate.release_sync(held.seq)
+        await conn.execute("SELECT now()")
+    events = gate.events
+    assert [(e.text, e.scheduled, e.housekeeping, e.operation) for e in events] == [
+        ("SELECT 1=1", False, True, None),
+        ("SELECT 1", False, True, 1),
+        ("SET lock_timeout = '5s'", False, True, 1),
+        (insert, True, False, 1),
+        ("SELECT now()", False, False, None),
+    ]
+    assert [e.seq for e in gate.steps] == [held.seq]
+    assert not any(e.held or e.sync_held for e in events)
+    assert direct.execute(f"SELECT who FROM {table}").fetchall() == [("step",)]
+
+
+async def test_a_pool_is_followed_on_every_connection(pg_proxy, dsn_through, table, direct):
+    """asyncpg's pool: connect-time codec set-up, describe-first on each connection, the
+    reset query on release; every step of the operation is held, on whichever connection."""
+    gate = pg_proxy.gate()
+    pool = await asyncpg.create_pool(
+        min_size=3, max_size=3, **connect_kwargs(dsn_through(pg_proxy.port))
+    )
+    try:
+        gate.hold_steps()
+        insert = f"INSERT INTO {table} VALUES ($1, $2)"
+
+        async def operation() -> None:
+            gate.begin_operation()
+            try:
+                async with anyio.create_task_group() as writers:
+                    for key in (1, 2, 3):
+                        writers.start_soon(pool.execute, insert, key, "pooled")
+            finally:
+                gate.end_operation()
+
+        async with anyio.create_task_group() as tg, released_on_failure(gate):
+            tg.start_soon(operation)
+            version = gate.version
+            while len(held := gate.held) < 3:
+                version = await gate.wait_changed(version)
+            assert {e.text for e in held} == {insert}
+            assert len({e.conn_id for e in held}) == 3, "three connections, all gated"
+            assert direct.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+            for event in held:
+                gate.release(event.seq)
+                await gate.wait_sync_held(event.seq)
+                gate.release_sync(event.seq)
+                await gate.wait_completed(event.seq)
+    finally:
+        await pool.close()
+    assert [e.text for e in gate.steps] == [insert] * 3
+    assert direct.execute(f"SELECT count(*) FROM {table}").fetchone() == (3,)
+
+
+async def test_an_unknown_shape_fails_waits_at_once(pg_proxy, pg_dsn):
+    """A message type the tracker does not know: waits raise it, naming it, at once."""
+    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    gate = pg_proxy.gate()
+    startup = b"user\0" + params.get("user", "postgres").encode() + b"\0\0"
+    startup = struct.pack("!ii", len(startup) + 8, 196608) + startup
+    with socket.create_connection(("127.0.0.1", pg_proxy.port), timeout=5) as sock:
+        sock.sendall(startup)
+        while b"Z\x00\x00\x00\x05I" not in sock.recv(65536):
+            pass
+        sock.sendall(b"z\x00\x00\x00\x04")
+        with anyio.fail_after(5), pytest.raises(UnknownWireShape, match=r"'z' \(0x7a\)"):
+            await gate.wait_completed(1)
+    assert gate.failure is not None
+
+
+async def test_cut_after_send_of_a_describe_first_statement_cuts_at_its_commit(
+    pg_proxy, dsn_through, table, direct
+):
+    """Not received whole while held before its first flight; once its Sync is held, a cut
+    after send commits it and loses the answer (kill-after-send's order for such clients)."""
+    gate = pg_proxy.gate()
+    conn = await asyncpg_connect(pg_proxy, dsn_through)
+    seq = len(gate.events) + 1
+    gate.hold_before(seq)
+    gate.hold_sync(seq)
+    async with anyio.create_task_group() as tg, released_on_failure(gate):
+
+        async def inserting() -> None:
+            with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+                await conn.execute(f"INSERT INTO {table} VALUES ($1, $2)", 1, "cut")
+
+        tg.start_soon(inserting)
+        assert not (await gate.wait_held(seq)).received_whole
+        gate.release(seq)
+        assert (await gate.wait_sync_held(seq)).received_whole
+        await executed(gate, seq)  # its answers so far are in: the next one is the commit's
+        gate.cut_after_send(seq)
+        event = await gate.wait_completed(seq)
+    conn.terminate()
+    assert (event.cut, event.completed_at) == (True, None)
+    assert direct.execute(f"SELECT who FROM {table}").fetchall() == [("cut",)]
