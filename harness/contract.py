@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
+import anyio
+
 MESSAGE_STATUSES = ("streaming", "completed", "error", "aborted")
 TERMINAL_MESSAGE_STATUSES = ("completed", "error", "aborted")
 ACTIVE_RUN_STATUSES = ("pending", "running")
@@ -82,6 +84,45 @@ class Run:
     finished_at: datetime | None = None
 
 
+class Timers(Protocol):
+    """Where a streaming writer's debounce window comes from. Scenarios pass a virtual clock
+    (harness.virtual_time) so that "within the window" and "after it" are theirs to decide.
+    A window's end is fixed when it is armed (`now() + debounce`), not when a task gets
+    round to waiting for it."""
+
+    def now(self) -> float: ...
+    async def sleep_until(self, deadline: float) -> None: ...
+
+
+class RealTimers:
+    """Real time: the timers of a writer given none."""
+
+    def now(self) -> float:
+        return anyio.current_time()
+
+    async def sleep_until(self, deadline: float) -> None:
+        await anyio.sleep_until(deadline)
+
+
+@runtime_checkable
+class StreamWriter(Protocol):
+    """The write-behind layer of capability `coalescing` (CW-1 .. CW-7).
+
+    Parts conventions it relies on (CW-2): a `tool-call` part is named by its `toolCallId`
+    and a `tool-call` or `reasoning` part is finished when it has `"finished": true`.
+    `aclose` writes what is pending first. A writer may keep its timers in a task group
+    entered when it was opened (structured concurrency): open and close it in one task.
+    """
+
+    async def update(
+        self, message_id: str, workspace_id: str, content: str, parts: list[dict[str, Any]]
+    ) -> None: ...
+    async def flush(self, message_id: str) -> None: ...
+    async def flush_all(self) -> None: ...
+    async def delete(self, message_id: str, workspace_id: str) -> None: ...
+    async def aclose(self) -> None: ...
+
+
 @runtime_checkable
 class TurnStore(Protocol):
     """One replica's view of the store: its own connection(s) to the database."""
@@ -125,6 +166,12 @@ class TurnStore(Protocol):
     async def latest_run(self, *, chat_id: str, workspace_id: str) -> Run | None: ...
     async def sweep_runs(self, *, older_than: timedelta) -> int: ...
 
+    async def writer(self, debounce: timedelta, *, timers: Timers | None = None) -> StreamWriter:
+        """A streaming writer on this store (capability `coalescing` only: stores of adapters
+        that do not declare it need not have this operation). `timers` is where its debounce
+        window comes from; None means real time."""
+        ...
+
 
 @runtime_checkable
 class Adapter(Protocol):
@@ -137,7 +184,17 @@ class Adapter(Protocol):
     async def connect(self, dsn: str, *, clock: Clock | None = None) -> TurnStore: ...
 
 
+CAPABILITY_OPERATIONS: dict[str, str] = {"writer": "coalescing"}
+"""Operations only the stores of adapters declaring a capability have, and that capability."""
+
 STORE_OPERATIONS: tuple[str, ...] = tuple(
-    name for name in TurnStore.__dict__ if not name.startswith("_") and name != "aclose"
+    name
+    for name in TurnStore.__dict__
+    if not name.startswith("_") and name != "aclose" and name not in CAPABILITY_OPERATIONS
 )
-"""Every operation name of the contract, in declaration order (the driver protocol uses them)."""
+"""Every operation every store has, in declaration order (the driver protocol uses them)."""
+
+WRITER_OPERATIONS: tuple[str, ...] = tuple(
+    name for name in StreamWriter.__dict__ if not name.startswith("_") and name != "aclose"
+)
+"""The operations of a StreamWriter, in declaration order."""

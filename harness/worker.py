@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -17,11 +18,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from harness.adapter_loading import AdapterLoadError, load_adapter
-from harness.contract import Adapter, Clock, InvalidArgument, RunAlreadyActive, TurnStore
+from harness.contract import (
+    Adapter,
+    Clock,
+    InvalidArgument,
+    RunAlreadyActive,
+    StreamWriter,
+    TurnStore,
+)
 from harness.driver import protocol
 from harness.driver.protocol import ProtocolViolation, WireError
+from harness.virtual_time import VirtualClock
 
 EXIT_USAGE = 2
 STDIN = 0
@@ -71,17 +81,60 @@ def offset_clock(offset: float | None) -> Clock | None:
     return lambda: datetime.now(UTC) + delta
 
 
+class HostedWriter:
+    """A streaming writer and the task it lives in: a writer may keep its timers in a task
+    group it entered when opened, so it is opened and closed by that one task."""
+
+    def __init__(self) -> None:
+        self.writer: StreamWriter | None = None
+        self.close_requested = anyio.Event()
+        self.closed = anyio.Event()
+        self.close_error: Exception | None = None
+
+    async def host(
+        self,
+        store: TurnStore,
+        debounce: timedelta,
+        clock: VirtualClock | None,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.writer = await store.writer(debounce, timers=clock)
+        task_status.started()
+        try:
+            await self.close_requested.wait()
+        finally:
+            try:
+                await self.writer.aclose()
+            except Exception as exc:
+                self.close_error = exc
+            finally:
+                self.closed.set()
+
+    async def close(self) -> None:
+        self.close_requested.set()
+        await self.closed.wait()
+        if self.close_error is not None:
+            raise self.close_error
+
+
 class Worker:
-    """One process's state: new, then installing or connected, then closed."""
+    """One process's state: new, then installing or connected, then closed; a connected
+    store's writers by handle, and the one virtual clock they may share (protocol 2)."""
 
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter
         self.state = "new"
         self.store: TurnStore | None = None
+        self.writers: dict[int, HostedWriter] = {}
+        self.clock = VirtualClock()
+        self._handles = itertools.count(1)
+        self._tasks: anyio.abc.TaskGroup | None = None
 
     async def serve(self) -> int:
         close_id: int | None = None
         async with contextlib.aclosing(_stdin_lines()) as lines, anyio.create_task_group() as tasks:
+            self._tasks = tasks
             async for line in lines:
                 try:
                     request = protocol.parse_request(protocol.decode_line(line))
@@ -142,7 +195,29 @@ class Worker:
             self.state = "connected"
             return None
         assert self.store is not None
+        if request.op in protocol.WRITER_REQUESTS:
+            return await self._writer_request(request.op, dict(args))
         return await getattr(self.store, request.op)(**args)
+
+    async def _writer_request(self, op: str, args: dict[str, Any]) -> Any:
+        """Protocol 2: the streaming writer by handle, and the virtual clock."""
+        if op == "clock_advance":
+            return await self.clock.advance(args["seconds"])
+        if op == "writer_open":
+            assert self._tasks is not None
+            hosted, handle = HostedWriter(), next(self._handles)
+            clock = self.clock if args["virtual_time"] else None
+            await self._tasks.start(hosted.host, self.store, args["debounce"], clock)
+            self.writers[handle] = hosted
+            return handle
+        handle = args.pop("writer")
+        hosted = self.writers.get(handle)
+        if hosted is None or hosted.writer is None:
+            raise InvalidArgument(f"{op}: no open writer with handle {handle}")
+        if op == "writer_close":
+            del self.writers[handle]
+            return await hosted.close()
+        return await getattr(hosted.writer, op.removeprefix("writer_"))(**args)
 
 
 def wire_error(exc: Exception) -> WireError:

@@ -8,14 +8,25 @@ from reference_impl.store import PgTurnStore
 
 
 class ReferenceAdapter:
-    """The reference implementation: every core capability, over TCP, runnable in a child.
+    """The reference implementation: every core capability, over TCP, runnable in a child,
+    with a streaming writer.
 
     `store_class` is the one seam the deliberately broken variants (reference_impl.broken)
     replace; the reference itself never changes it.
     """
 
     capabilities: frozenset[str] = frozenset(
-        {"turns", "streaming", "usage", "sweep", "runs", "workspaces", "network", "process"}
+        {
+            "turns",
+            "streaming",
+            "usage",
+            "sweep",
+            "runs",
+            "workspaces",
+            "network",
+            "process",
+            "coalescing",
+        }
     )
 
     def __init__(

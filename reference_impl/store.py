@@ -32,10 +32,12 @@ from harness.contract import (
     Message,
     Run,
     RunAlreadyActive,
+    Timers,
     Usage,
     UsageIn,
 )
 from reference_impl.schema import ONE_ACTIVE_RUN_INDEX
+from reference_impl.stream_writer import PgStreamWriter
 
 MESSAGE_COLUMNS = (
     "id, chat_id, workspace_id, role, turn_id, status, content, parts, created_at, updated_at"
@@ -121,6 +123,9 @@ class PgTurnStore:
 
     Concurrent tasks may share a store; psycopg serialises them on the connection.
     """
+
+    writer_class: type[PgStreamWriter] = PgStreamWriter
+    """The streaming writer `writer` opens (the broken writer variants replace it)."""
 
     def __init__(self, conn: psycopg.AsyncConnection[DictRow], *, clock: Clock | None) -> None:
         self._conn = conn
@@ -314,6 +319,27 @@ class PgTurnStore:
         )
         return bool(row and row["n"])
 
+    async def delete_message(self, *, message_id: str, workspace_id: str) -> bool:
+        """Delete a message row (the streaming writer's `delete`; not a contract operation).
+        Its usage row and a run pointing at it keep existing, pointing at nothing."""
+        row = await self._one(
+            """
+            WITH gone AS (
+                DELETE FROM messages
+                 WHERE id = %(message_id)s AND workspace_id = %(workspace_id)s
+                RETURNING id
+            ), usage_kept AS (
+                UPDATE usage SET message_id = NULL WHERE message_id IN (SELECT id FROM gone)
+            ), runs_kept AS (
+                UPDATE runs SET assistant_message_id = NULL
+                 WHERE assistant_message_id IN (SELECT id FROM gone)
+            )
+            SELECT count(*) AS n FROM gone
+            """,
+            {"message_id": message_id, "workspace_id": workspace_id},
+        )
+        return bool(row and row["n"])
+
     async def get_message(self, *, message_id: str, workspace_id: str) -> Message | None:
         row = await self._one(
             f"SELECT {MESSAGE_COLUMNS} FROM messages"
@@ -351,6 +377,12 @@ class PgTurnStore:
             """,
             {"older_than": older_than},
         )
+
+    # --- the streaming writer (coalescing) ----------------------------------------------------
+
+    async def writer(self, debounce: timedelta, *, timers: Timers | None = None) -> PgStreamWriter:
+        """A write-behind writer of this store's streaming steps (CW-1 .. CW-7)."""
+        return await self.writer_class.open(self, debounce, timers)
 
     # --- runs -----------------------------------------------------------------------------
 

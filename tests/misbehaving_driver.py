@@ -12,6 +12,7 @@ import sys
 import threading
 
 HELLO = {"protocol": 1, "implementation": "misbehaving", "capabilities": ["turns"]}
+"""A version 1 hello: the harness still serves version 1 drivers."""
 
 
 def send(message: object) -> None:
@@ -25,8 +26,10 @@ def main(mode: str) -> int:
         return 1
     if mode == "bad-hello":
         send("hello, harness")
-    elif mode == "hello-v2":
-        send({"hello": {**HELLO, "protocol": 2}})
+    elif mode == "hello-v3":
+        send({"hello": {**HELLO, "protocol": 3}})
+    elif mode == "v1-coalescing":
+        send({"hello": {**HELLO, "capabilities": ["turns", "coalescing"]}})
     elif mode == "unknown-capability":
         send({"hello": {**HELLO, "capabilities": ["turns", "teleport"]}})
     elif mode == "silent":

@@ -18,7 +18,13 @@ import pytest
 
 from harness import InvalidArgument, RunAlreadyActive, UsageIn
 from harness.adapter_loading import assert_store, load_adapter
-from harness.contract import STORE_OPERATIONS, TurnStore
+from harness.contract import (
+    STORE_OPERATIONS,
+    WRITER_OPERATIONS,
+    RealTimers,
+    StreamWriter,
+    TurnStore,
+)
 from harness.driver import (
     DriverAdapter,
     DriverError,
@@ -30,7 +36,10 @@ from harness.driver import (
     DriverStore,
     DriverTimeout,
 )
+from harness.driver.client import DriverWriter
+from harness.errors import HarnessError, ImplementationFailure, TurnproofError, UsageError
 from harness.postgres.databases import DatabaseFactory, with_params
+from harness.virtual_time import VirtualClock
 from tests.driver_helpers import (
     BOUND,
     WORKER,
@@ -309,8 +318,13 @@ async def test_an_error_of_kind_other_keeps_the_driver():
         ),
         (misbehaving("bad-hello"), "its first line is not a hello (not a JSON line"),
         (
-            misbehaving("hello-v2"),
-            "speaks driver protocol version 2, this harness speaks version 1",
+            misbehaving("hello-v3"),
+            "speaks driver protocol version 3, this harness speaks versions 1, 2",
+        ),
+        (
+            misbehaving("v1-coalescing"),
+            "declares `coalescing` in driver protocol version 1; the streaming writer needs "
+            "version 2",
         ),
         (misbehaving("unknown-capability"), "it declared ['turns', 'teleport']"),
         (misbehaving("silent"), "did not say hello and exit within 1 s of an empty input"),
@@ -379,3 +393,51 @@ def test_the_store_has_every_contract_operation_with_its_signature():
         method = getattr(DriverStore, op)
         assert inspect.iscoroutinefunction(method)
         assert inspect.signature(method) == inspect.signature(getattr(TurnStore, op))
+
+
+def test_the_writer_has_every_writer_operation_with_its_signature():
+    for op in (*WRITER_OPERATIONS, "aclose"):
+        method = getattr(DriverWriter, op)
+        assert inspect.iscoroutinefunction(method)
+        assert inspect.signature(method) == inspect.signature(getattr(StreamWriter, op))
+
+
+def test_driver_errors_sit_in_the_error_tree_by_who_is_at_fault():
+    """The user's set-up is a UsageError; a driver that dies, hangs or breaks the protocol
+    is the implementation's fault; its own errors are carried across as they are."""
+    assert issubclass(DriverStartError, UsageError)
+    for kind in (DriverExited, DriverTimeout, DriverProtocolError):
+        assert issubclass(kind, DriverError)
+        assert issubclass(kind, ImplementationFailure)
+    assert issubclass(DriverExited, ConnectionError)
+    assert issubclass(DriverTimeout, TimeoutError)
+    assert issubclass(DriverOperationError, TurnproofError)
+    assert not issubclass(DriverOperationError, (HarnessError, ImplementationFailure))
+    assert issubclass(DriverIndefiniteError, ConnectionError)
+
+
+async def test_a_version_1_driver_is_served_but_has_no_writer():
+    adapter = DriverAdapter(misbehaving("reverse"), spares=0)
+    assert adapter.hello.protocol == 1
+    store = await adapter.connect("dbname=unused")
+    try:
+        with pytest.raises(HarnessError, match="did not declare `coalescing`"):
+            await store.writer(timedelta(milliseconds=33))
+    finally:
+        await store.aclose()
+
+
+async def test_a_driver_writer_takes_real_time_or_a_virtual_clock_only(dsn):
+    adapter = DriverAdapter(WORKER, spares=0)
+    store = await adapter.connect(dsn)
+    try:
+        with pytest.raises(UsageError, match="real time or on a VirtualClock"):
+            await store.writer(timedelta(milliseconds=33), timers=RealTimers())
+        first, second = VirtualClock(), VirtualClock()
+        writer = await store.writer(timedelta(milliseconds=33), timers=first)
+        with pytest.raises(HarnessError, match="one virtual clock"):
+            await store.writer(timedelta(milliseconds=33), timers=second)
+        await writer.aclose()
+        await (await store.writer(timedelta(milliseconds=33), timers=second)).aclose()
+    finally:
+        await store.aclose()

@@ -68,6 +68,22 @@ RESULTS: dict[str, list[Any]] = {
     "latest_run": [RUN, None],
     "sweep_runs": [2],
 }
+WRITER_ARGS: dict[str, dict[str, Any]] = {
+    "writer_open": {"debounce": timedelta(milliseconds=33), "virtual_time": True},
+    "writer_update": {
+        "writer": 1,
+        "message_id": "m1",
+        "workspace_id": "w1",
+        "content": "a",
+        "parts": PARTS,
+    },
+    "writer_flush": {"writer": 1, "message_id": "m1"},
+    "writer_flush_all": {"writer": 1},
+    "writer_delete": {"writer": 1, "message_id": "m1", "workspace_id": "w1"},
+    "writer_close": {"writer": 2},
+    "clock_advance": {"seconds": 0.033},
+}
+"""Protocol 2: the streaming writer by handle, and the driver's virtual clock."""
 
 
 def through_the_wire(message: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +95,31 @@ def through_the_wire(message: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_contract_operation_is_covered():
     assert set(ARGS) == set(STORE_OPERATIONS) == set(RESULTS)
-    assert set(protocol.REQUESTS) == {"install", "connect", "close", *STORE_OPERATIONS}
+    assert set(protocol.REQUESTS) == {
+        "install",
+        "connect",
+        "close",
+        *STORE_OPERATIONS,
+        *WRITER_ARGS,
+    }
+
+
+@pytest.mark.parametrize("op", WRITER_ARGS)
+def test_writer_requests_round_trip_exactly(op):
+    args = protocol.encode_args(op, WRITER_ARGS[op])
+    request = protocol.parse_request(through_the_wire(protocol.request_message(9, op, args)))
+    assert (request.id, request.op, request.args) == (9, op, WRITER_ARGS[op])
+    result = 4 if op == "writer_open" else None
+    response = protocol.parse_response(through_the_wire(protocol.ok_message(9, op, result)))
+    assert protocol.decode_result(op, response.ok) == result
+
+
+def test_a_writer_handle_is_an_integer():
+    message = protocol.request_message(5, "writer_flush_all", {"writer": "1"})
+    with pytest.raises(
+        ProtocolViolation, match="writer_flush_all\\(writer\\): expected an integer"
+    ):
+        protocol.parse_request(through_the_wire(message))
 
 
 @pytest.mark.parametrize("op", STORE_OPERATIONS)

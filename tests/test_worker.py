@@ -17,6 +17,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from harness.adapter_loading import load_adapter
+from harness.driver import protocol
 from harness.postgres.databases import DatabaseFactory, with_params
 from tests.driver_helpers import BOUND, WORKER, node_driver_command, until_waiting_on_a_lock
 
@@ -69,7 +70,7 @@ async def session(request: pytest.FixtureRequest) -> AsyncIterator[Session]:
     async with await anyio.open_process(command) as process:
         driver = Session(process)
         hello = await driver.receive()
-        assert hello["hello"]["protocol"] == 1
+        assert hello["hello"]["protocol"] == protocol.PROTOCOL_VERSION
         yield driver
         if process.returncode is None:
             process.kill()
@@ -91,7 +92,7 @@ def test_it_says_hello_and_exits_when_its_input_ends():
     (line,) = done.stdout.splitlines()
     assert json.loads(line) == {
         "hello": {
-            "protocol": 1,
+            "protocol": protocol.PROTOCOL_VERSION,
             "implementation": "reference",
             "capabilities": sorted(load_adapter("reference").capabilities),
         }
@@ -155,6 +156,37 @@ async def test_the_end_of_input_ends_a_connected_worker(session, dsn):
     assert session.process.stdin is not None
     await session.process.stdin.aclose()
     assert await session.exit_status() == 0
+
+
+async def test_a_writer_over_the_wire_debounces_on_the_virtual_clock(session, dsn):
+    """Protocol 2 by hand: a writer handle, a delta kept back until clock_advance ends its
+    window, and a handle that names nothing refused as InvalidArgument."""
+    assert await session.ask(connect(1, dsn)) == {"id": 1, "ok": None}
+    chat = (await session.ask({"id": 2, "op": "create_chat", "args": {"workspace_id": "w"}}))["ok"]
+    shell = {"chat_id": chat, "workspace_id": "w", "turn_id": "t1"}
+    message = (await session.ask({"id": 3, "op": "persist_assistant_shell", "args": shell}))["ok"]
+    opened = await session.ask(
+        {"id": 4, "op": "writer_open", "args": {"debounce": 0.033, "virtual_time": True}}
+    )
+    writer = opened["ok"]
+    assert isinstance(writer, int), opened
+    delta = {"message_id": message, "workspace_id": "w", "content": "hi", "parts": []}
+    update = {"id": 5, "op": "writer_update", "args": {"writer": writer, **delta}}
+    assert await session.ask(update) == {"id": 5, "ok": None}
+    get = {"op": "get_message", "args": {"message_id": message, "workspace_id": "w"}}
+    assert (await session.ask({"id": 6, **get}))["ok"]["content"] == ""
+    assert await session.ask({"id": 7, "op": "clock_advance", "args": {"seconds": 0.033}}) == {
+        "id": 7,
+        "ok": None,
+    }
+    flush = {"id": 8, "op": "writer_flush", "args": {"writer": writer, "message_id": message}}
+    assert await session.ask(flush) == {"id": 8, "ok": None}
+    assert (await session.ask({"id": 9, **get}))["ok"]["content"] == "hi"
+    close = {"id": 10, "op": "writer_close", "args": {"writer": writer}}
+    assert await session.ask(close) == {"id": 10, "ok": None}
+    answer = await session.ask({**close, "id": 11})
+    assert answer["error"]["kind"] == "InvalidArgument", answer
+    assert await session.ask({"id": 12, "op": "close", "args": {}}) == {"id": 12, "ok": None}
 
 
 @pytest.mark.parametrize(

@@ -17,12 +17,15 @@
 const readline = require('node:readline')
 const pg = require('pg')
 
-const PROTOCOL_VERSION = 1
+const PROTOCOL_VERSION = 2
 const IMPLEMENTATION = 'node-pg-example'
 // `network`: the one connection keeps the DSN's application_name, so the harness can
 // find, gate and cut it. `process`: the driver is a process of its own whose every write
 // is one autocommit statement, so killing it mid-turn loses nothing that was answered.
-const CAPABILITIES = ['turns', 'streaming', 'usage', 'sweep', 'runs', 'workspaces', 'network', 'process']
+// `coalescing`: the streaming writer below (protocol 2).
+const CAPABILITIES = [
+  'turns', 'streaming', 'usage', 'sweep', 'runs', 'workspaces', 'network', 'process', 'coalescing'
+]
 
 const TERMINAL_MESSAGE_STATUSES = ['completed', 'error', 'aborted']
 const TERMINAL_RUN_STATUSES = ['succeeded', 'failed', 'aborted']
@@ -388,6 +391,200 @@ async function sweepRuns ({ older_than }) {
     [older_than])
 }
 
+// --- the streaming writer (protocol 2, capability coalescing) ----------------------------
+// Rule for rule the reference writer (reference_impl/stream_writer.py): one pending state
+// per message id; one timer per debounce window (CW-1); a structural change written
+// before update answers (CW-2); the writes of one id chained, so they never reorder and
+// flush waits for a write in flight, then writes again if the state changed (CW-3);
+// flush_all takes every id dirty or being written (CW-4); delete disarms and forgets the
+// id before deleting the row, and a write in flight re-checks it (CW-5); every write is
+// the guarded append_step (CW-7).
+
+// Deletes the row; its usage row and a run pointing at it stay, pointing at nothing.
+async function deleteMessage ({ message_id, workspace_id }) {
+  await query(
+    `WITH gone AS (
+       DELETE FROM messages WHERE id = $1 AND workspace_id = $2 RETURNING id
+     ), usage_kept AS (
+       UPDATE usage SET message_id = NULL WHERE message_id IN (SELECT id FROM gone)
+     ), runs_kept AS (
+       UPDATE runs SET assistant_message_id = NULL
+        WHERE assistant_message_id IN (SELECT id FROM gone)
+     )
+     SELECT count(*) AS n FROM gone`,
+    [message_id, workspace_id])
+}
+
+// The process's virtual clock: it moves only when the harness sends clock_advance.
+const virtualClock = { now: 0, sleepers: [] }
+
+const virtualTimers = {
+  // Run `fire` once the clock has moved `seconds` on; returns what disarms it.
+  arm (seconds, fire) {
+    const sleeper = { deadline: virtualClock.now + seconds, fire }
+    virtualClock.sleepers.push(sleeper)
+    return () => { virtualClock.sleepers = virtualClock.sleepers.filter((s) => s !== sleeper) }
+  }
+}
+
+const realTimers = {
+  arm (seconds, fire) {
+    const timer = setTimeout(fire, seconds * 1000)
+    return () => clearTimeout(timer)
+  }
+}
+
+// Move the virtual clock on; every timer now due fires (earliest first) before the answer.
+function clockAdvance ({ seconds }) {
+  if (seconds < 0) throw new InvalidArgument(`a clock only moves forward, not by ${seconds}`)
+  virtualClock.now += seconds
+  const due = virtualClock.sleepers
+    .filter((s) => s.deadline <= virtualClock.now)
+    .sort((a, b) => a.deadline - b.deadline)
+  virtualClock.sleepers = virtualClock.sleepers.filter((s) => !due.includes(s))
+  for (const sleeper of due) sleeper.fire()
+  return null
+}
+
+// CW-2, exactly: since what was last written, a new finish part, a new tool-call part,
+// a tool-call part turning finished, or a reasoning part turning finished.
+function isStructural (written, latest) {
+  const count = (parts, type) => parts.filter((p) => p.type === type).length
+  const toolCalls = (parts, finishedOnly) => new Set(parts
+    .filter((p) => p.type === 'tool-call' && (!finishedOnly || p.finished))
+    .map((p) => p.toolCallId))
+  const finishedReasoning = (parts) => new Set(parts
+    .filter((p) => p.type === 'reasoning')
+    .flatMap((p, rank) => p.finished ? [rank] : []))
+  const grew = (before, after) => [...after].some((x) => !before.has(x))
+  return count(latest, 'finish') > count(written, 'finish') ||
+    grew(toolCalls(written, false), toolCalls(latest, false)) ||
+    grew(toolCalls(written, true), toolCalls(latest, true)) ||
+    grew(finishedReasoning(written), finishedReasoning(latest))
+}
+
+class StreamWriter {
+  constructor (debounce, timers) {
+    this.debounce = debounce
+    this.timers = timers
+    this.pending = new Map()
+  }
+
+  async update ({ message_id, workspace_id, content, parts }) {
+    let p = this.pending.get(message_id)
+    if (!p) {
+      p = {
+        workspace_id,
+        content: '',
+        parts: [],
+        dirty: false,
+        written: [], // the parts last written: CW-2's baseline
+        writing: 0, // writes of this id in flight or queued
+        chain: Promise.resolve(), // the writes of this id, one after another
+        disarm: null, // the armed window, if any
+        deleted: false
+      }
+      this.pending.set(message_id, p)
+    }
+    Object.assign(p, { content, parts, dirty: true })
+    if (this.debounce <= 0 || isStructural(p.written, parts)) return this.drain(message_id, p)
+    if (!p.disarm) {
+      p.disarm = this.timers.arm(this.debounce, () => {
+        p.disarm = null
+        // One write per window: deltas given while it is in flight arm the next window.
+        // A failed write leaves the state dirty: the next flush retries it and reports.
+        this.write(message_id, p, false).catch((err) => log(`timer write failed: ${err.message}`))
+      })
+    }
+    return null
+  }
+
+  async flush ({ message_id }) {
+    const p = this.pending.get(message_id)
+    if (p) await this.drain(message_id, p)
+    return null
+  }
+
+  async flushAll () {
+    for (const [messageId, p] of [...this.pending]) {
+      if (p.dirty || p.writing) await this.drain(messageId, p)
+    }
+    return null
+  }
+
+  async delete ({ message_id, workspace_id }) {
+    const p = this.pending.get(message_id)
+    if (p) {
+      this.pending.delete(message_id)
+      this.disarm(p)
+      Object.assign(p, { deleted: true, dirty: false })
+    }
+    await deleteMessage({ message_id, workspace_id })
+    return null
+  }
+
+  async close () {
+    await this.flushAll()
+    for (const p of this.pending.values()) this.disarm(p)
+    return null
+  }
+
+  drain (messageId, p) {
+    this.disarm(p)
+    return this.write(messageId, p)
+  }
+
+  disarm (p) {
+    if (p.disarm) p.disarm()
+    p.disarm = null
+  }
+
+  // Write the latest state, after every earlier write of this id; with `untilClean`,
+  // again while it changed meanwhile, so that it is written on return (CW-3).
+  write (messageId, p, untilClean = true) {
+    p.writing += 1
+    const run = async () => {
+      while (p.dirty && !p.deleted) {
+        const { content, parts } = p
+        p.dirty = false
+        try {
+          await appendStep({ message_id: messageId, workspace_id: p.workspace_id, content, parts })
+        } catch (err) {
+          p.dirty = true
+          throw err
+        }
+        p.written = parts
+        if (!untilClean) break
+      }
+      return null
+    }
+    const done = p.chain.then(run)
+    p.chain = done.catch(() => {})
+    return done.finally(() => { p.writing -= 1 })
+  }
+}
+
+const writers = new Map() // handle -> StreamWriter
+let nextWriter = 1
+
+function writerOpen ({ debounce, virtual_time }) {
+  const handle = nextWriter++
+  writers.set(handle, new StreamWriter(debounce, virtual_time ? virtualTimers : realTimers))
+  return handle
+}
+
+function writerOf (handle) {
+  const writer = writers.get(handle)
+  if (!writer) throw new InvalidArgument(`no open writer with handle ${handle}`)
+  return writer
+}
+
+async function writerClose ({ writer }) {
+  const closing = writerOf(writer)
+  writers.delete(writer)
+  return closing.close()
+}
+
 // --- the protocol -------------------------------------------------------------------
 
 // Each request: its argument names with their types, and what performs it.
@@ -436,7 +633,25 @@ const REQUESTS = {
   finish_run: { args: { run_id: 'string', status: 'string' }, run: finishRun },
   request_stop: { args: { run_id: 'string' }, run: requestStop },
   latest_run: { args: { chat_id: 'string', workspace_id: 'string' }, run: latestRun },
-  sweep_runs: { args: { older_than: 'number' }, run: sweepRuns }
+  sweep_runs: { args: { older_than: 'number' }, run: sweepRuns },
+  writer_open: { args: { debounce: 'number', virtual_time: 'boolean' }, run: writerOpen },
+  writer_update: {
+    args: {
+      writer: 'integer', message_id: 'string', workspace_id: 'string', content: 'string', parts: 'parts'
+    },
+    run: (args) => writerOf(args.writer).update(args)
+  },
+  writer_flush: {
+    args: { writer: 'integer', message_id: 'string' },
+    run: (args) => writerOf(args.writer).flush(args)
+  },
+  writer_flush_all: { args: { writer: 'integer' }, run: (args) => writerOf(args.writer).flushAll() },
+  writer_delete: {
+    args: { writer: 'integer', message_id: 'string', workspace_id: 'string' },
+    run: (args) => writerOf(args.writer).delete(args)
+  },
+  writer_close: { args: { writer: 'integer' }, run: writerClose },
+  clock_advance: { args: { seconds: 'number' }, run: clockAdvance }
 }
 
 const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value)
@@ -455,6 +670,8 @@ function exactKeys (object, expected, where) {
 
 const TYPE_CHECKS = {
   string: (v) => typeof v === 'string',
+  integer: (v) => Number.isSafeInteger(v),
+  boolean: (v) => typeof v === 'boolean',
   'string?': (v) => v === null || typeof v === 'string',
   number: (v) => typeof v === 'number' && Number.isFinite(v),
   'number?': (v) => v === null || (typeof v === 'number' && Number.isFinite(v)),

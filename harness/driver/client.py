@@ -34,18 +34,29 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO, Any
 
 import anyio
 
 from harness.adapter_loading import AdapterLoadError
-from harness.contract import STORE_OPERATIONS, Clock, InvalidArgument, RunAlreadyActive, TurnStore
+from harness.contract import (
+    STORE_OPERATIONS,
+    WRITER_OPERATIONS,
+    Clock,
+    InvalidArgument,
+    RunAlreadyActive,
+    StreamWriter,
+    Timers,
+    TurnStore,
+)
 from harness.driver import protocol
 from harness.driver.protocol import Hello, ProtocolViolation, WireError
+from harness.errors import HarnessError, ImplementationFailure, TurnproofError, UsageError
 from harness.requirements import CAPABILITIES
+from harness.virtual_time import VirtualClock
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a driver may take to say hello or to answer one operation."""
@@ -59,28 +70,37 @@ READ_SIZE = 65536
 
 
 class DriverStartError(AdapterLoadError):
-    """The driver command did not start, or did not say a valid hello (exit 2, one line)."""
+    """The driver command did not start, or did not say a valid hello: the user's set-up
+    (a UsageError: one line, exit 2)."""
 
 
-class DriverError(Exception):
-    """The driver process failed the harness: it exited, hung, or broke the protocol."""
+class DriverError(TurnproofError):
+    """The driver process failed the harness: it exited, hung, or broke the protocol.
+
+    Each kind below is the implementation's fault, so each is an ImplementationFailure (a
+    FAIL): the driver is the implementation under test, and the harness has already
+    checked its own side of every message. A scenario that kills a driver on purpose
+    expects the DriverExited that follows and catches it.
+    """
 
 
-class DriverExited(DriverError, ConnectionError):
+class DriverExited(DriverError, ImplementationFailure, ConnectionError):
     """The driver process is gone, so the outcome of what was in flight is unknown
     (a ConnectionError, as the race engine counts unknown outcomes)."""
 
 
-class DriverTimeout(DriverError, TimeoutError):
+class DriverTimeout(DriverError, ImplementationFailure, TimeoutError):
     """An operation got no answer in time; the driver was killed."""
 
 
-class DriverProtocolError(DriverError):
-    """A message broke the protocol (the driver's, or one of ours the driver rejected)."""
+class DriverProtocolError(DriverError, ImplementationFailure):
+    """A message broke the protocol (the driver's, or one of ours the driver rejected:
+    ours are checked against the contract before they are sent, so the driver misread)."""
 
 
-class DriverOperationError(Exception):
-    """The implementation raised something other than the contract's errors (kind Other)."""
+class DriverOperationError(TurnproofError):
+    """The implementation raised something other than the contract's errors (kind Other):
+    carried across the process boundary, it counts as it would have in process."""
 
 
 class DriverIndefiniteError(DriverOperationError, ConnectionError):
@@ -160,7 +180,7 @@ class DriverAdapter:
         except BaseException:
             await process.close()
             raise
-        return DriverStore(process)
+        return DriverStore(process, coalescing="coalescing" in self.capabilities)
 
     def close(self) -> None:
         """End every process of this adapter: the spares, and the process of any store its
@@ -186,8 +206,12 @@ class DriverStore(TurnStore):
     """A connected store in its own driver process; every contract operation (added below,
     with the contract's signatures) is one request to it."""
 
-    def __init__(self, process: DriverProcess) -> None:
+    def __init__(self, process: DriverProcess, *, coalescing: bool = False) -> None:
         self._process = process
+        self._coalescing = coalescing
+        self._clock: VirtualClock | None = None  # the virtual clock its process follows
+        self._stop_following: Callable[[], None] = lambda: None
+        self._clock_users = 0  # its open writers on that clock
 
     @property
     def worker_pid(self) -> int:
@@ -195,7 +219,55 @@ class DriverStore(TurnStore):
         return self._process.pid
 
     async def aclose(self) -> None:
+        self._stop_following()
         await self._process.close()
+
+    async def writer(self, debounce: timedelta, *, timers: Timers | None = None) -> StreamWriter:
+        """A streaming writer in the driver process (protocol 2). Its window runs on real
+        time, or on the driver's own virtual clock, which then follows `timers`: every
+        advance of that VirtualClock is sent on as `clock_advance`."""
+        if not self._coalescing:
+            raise HarnessError(
+                f"{self._process.label} did not declare `coalescing`: it has no writer"
+            )
+        if timers is not None and not isinstance(timers, VirtualClock):
+            raise UsageError(
+                f"a driver's writer runs on real time or on a VirtualClock (harness.virtual_time), "
+                f"not on {type(timers).__name__}: a Python object cannot cross to its process"
+            )
+        if timers is not None:
+            self._follow(timers)
+        try:
+            handle = await self._process.call(
+                "writer_open", debounce=debounce, virtual_time=timers is not None
+            )
+        except BaseException:
+            self._unfollow(timers)
+            raise
+        return DriverWriter(self._process, handle, closed=lambda: self._unfollow(timers))
+
+    def _follow(self, clock: VirtualClock) -> None:
+        """Keep the process's one virtual clock in step with `clock` while a writer uses it."""
+        if self._clock is not None and self._clock is not clock:
+            raise HarnessError(
+                f"{self._process.label} follows another VirtualClock, of a writer still open: "
+                "a driver process has one virtual clock, so its open writers share one"
+            )
+        if self._clock is None:
+
+            async def advance(seconds: float) -> None:
+                await self._process.call("clock_advance", seconds=seconds)
+
+            self._clock, self._stop_following = clock, clock.follow(advance)
+        self._clock_users += 1
+
+    def _unfollow(self, clock: VirtualClock | None) -> None:
+        if clock is None or clock is not self._clock:
+            return
+        self._clock_users -= 1
+        if not self._clock_users:
+            self._stop_following()
+            self._clock, self._stop_following = None, lambda: None
 
     def freeze(self) -> None:
         """SIGSTOP the driver's process group: it runs nothing more, so whatever happens to
@@ -223,6 +295,43 @@ def _operation(name: str) -> Any:
 
 for _name in STORE_OPERATIONS:
     setattr(DriverStore, _name, _operation(_name))
+
+
+class DriverWriter(StreamWriter):
+    """A streaming writer living in a driver process, named there by its handle; every
+    writer operation (added below, with the contract's signatures) is one request."""
+
+    def __init__(self, process: DriverProcess, handle: int, *, closed: Callable[[], None]) -> None:
+        self._process = process
+        self._handle = handle
+        self._closed = closed
+
+    async def aclose(self) -> None:
+        try:
+            await self._process.call("writer_close", writer=self._handle)
+        finally:
+            self._closed()
+            self._closed = lambda: None
+
+    def __repr__(self) -> str:
+        return f"<DriverWriter {self._handle} of {self._process.label}>"
+
+
+def _writer_operation(name: str) -> Any:
+    async def operation(self: DriverWriter, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs).arguments
+        del bound["self"]
+        return await self._process.call(f"writer_{name}", writer=self._handle, **bound)
+
+    signature = inspect.signature(getattr(StreamWriter, name))
+    operation.__name__ = operation.__qualname__ = name
+    operation.__signature__ = signature  # type: ignore[attr-defined]
+    operation.__doc__ = f"harness.StreamWriter.{name}, performed by the driver process."
+    return operation
+
+
+for _name in WRITER_OPERATIONS:
+    setattr(DriverWriter, _name, _writer_operation(_name))
 
 
 # One child process ------------------------------------------------------------------------
@@ -572,10 +681,15 @@ def check_hello(line: bytes, shown: str) -> Hello:
         raise DriverStartError(
             f"--adapter-cmd {shown!r}: its first line is not a hello ({exc})"
         ) from None
-    if hello.protocol != protocol.PROTOCOL_VERSION:
+    if hello.protocol not in protocol.SUPPORTED_VERSIONS:
         raise DriverStartError(
             f"--adapter-cmd {shown!r}: it speaks driver protocol version {hello.protocol}, "
-            f"this harness speaks version {protocol.PROTOCOL_VERSION}"
+            f"this harness speaks versions {', '.join(map(str, protocol.SUPPORTED_VERSIONS))}"
+        )
+    if hello.protocol < 2 and "coalescing" in hello.capabilities:
+        raise DriverStartError(
+            f"--adapter-cmd {shown!r}: it declares `coalescing` in driver protocol version "
+            f"{hello.protocol}; the streaming writer needs version 2 (say protocol 2)"
         )
     unknown = sorted(set(hello.capabilities) - CAPABILITIES)
     if unknown or not hello.capabilities:

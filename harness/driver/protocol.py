@@ -21,9 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from harness.contract import STORE_OPERATIONS, TurnStore
+from harness.contract import STORE_OPERATIONS, WRITER_OPERATIONS, StreamWriter, TurnStore
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+"""Version 2 adds the streaming writer and the driver's virtual clock; a version 1 driver
+(no `coalescing`) is still served, and never sent a version 2 request."""
 
 ERROR_KINDS = ("RunAlreadyActive", "InvalidArgument", "Other", "ProtocolError")
 """`Other`: the operation failed in any other way (`indefinite` says whether its outcome
@@ -51,12 +54,18 @@ class Signature:
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _contract_signature(name: str) -> Signature:
-    method = getattr(TurnStore, name)
+def _contract_signature(name: str, owner: type = TurnStore) -> Signature:
+    method = getattr(owner, name)
     hints = typing.get_type_hints(method)
     parameters = [p for p in inspect.signature(method).parameters.values() if p.name != "self"]
     defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
     return Signature({p.name: hints[p.name] for p in parameters}, hints["return"], defaults)
+
+
+def _writer_signature(name: str) -> Signature:
+    """A StreamWriter operation, on the writer named by its handle."""
+    operation = _contract_signature(name, StreamWriter)
+    return Signature({"writer": int, **operation.args}, operation.result, operation.defaults)
 
 
 LIFECYCLE: dict[str, Signature] = {
@@ -65,7 +74,14 @@ LIFECYCLE: dict[str, Signature] = {
     "close": Signature({}, None),
 }
 OPERATIONS: dict[str, Signature] = {name: _contract_signature(name) for name in STORE_OPERATIONS}
-REQUESTS: dict[str, Signature] = {**LIFECYCLE, **OPERATIONS}
+WRITER_REQUESTS: dict[str, Signature] = {
+    "writer_open": Signature({"debounce": timedelta, "virtual_time": bool}, int),
+    **{f"writer_{name}": _writer_signature(name) for name in WRITER_OPERATIONS},
+    "writer_close": Signature({"writer": int}, None),
+    "clock_advance": Signature({"seconds": float}, None),
+}
+"""Version 2: a streaming writer by handle, and the driver's virtual clock (docs)."""
+REQUESTS: dict[str, Signature] = {**LIFECYCLE, **OPERATIONS, **WRITER_REQUESTS}
 
 
 # Values -------------------------------------------------------------------------------
