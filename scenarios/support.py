@@ -67,12 +67,13 @@ before `db_clock.let_pass(STALE_ONLY)`, each is older than it by the database's 
 (the rows' now() precedes the wait's first clock_timestamp()), however small it is. Small
 keeps the real-time wait short; the database clock, not the threshold, makes it exact."""
 
-FRESH_FOR = timedelta(milliseconds=500)
+FRESH_FOR = timedelta(milliseconds=1500)
 """The threshold of scenarios that need fresh rows (or runs) beside stale ones: stale ones
 wait it out with `db_clock.let_pass(FRESH_FOR)`; fresh ones are written, and the sweep run,
 inside `db_clock.within(FRESH_FOR)`, which proves on the database clock that they were
-still fresh (else no verdict). The longest such block measured took 0.26 s of database
-time, on a 2-core machine at load average 16 (median 0.05 s)."""
+still fresh (else no verdict). Such a block took 0.05 s (median) for the reference; the
+longest seen, 1.1 s, was the SQLAlchemy ORM example on a 2-core machine running three
+test workers, so the threshold leaves room for that."""
 
 SKEW = timedelta(minutes=10)
 """How far a skewed replica's app clock runs ahead of (or behind) real time."""

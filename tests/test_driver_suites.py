@@ -43,16 +43,21 @@ def assert_core_passes(run, command: str) -> None:
     assert {i: s for i, s in core.items() if s != "pass"} == {}, output
 
 
+# What these runs prove is the driver protocol under every scenario; the race engine's
+# exploration is proven in process, so each race runs a few schedules here, not its budget.
+DRIVER_RACE_BUDGET = ("--race-sample", "3", "--race-walks", "1")
+
+
 def test_core_suite_passes_through_the_python_worker(run_scenarios):
     before = children()
-    run = run_scenarios("reference", "--adapter-cmd", PYTHON_WORKER)
+    run = run_scenarios("reference", "--adapter-cmd", PYTHON_WORKER, *DRIVER_RACE_BUDGET)
     assert_core_passes(run, PYTHON_WORKER)
     assert children() - before == set(), "a driver process outlived the run"
 
 
 def test_core_suite_passes_through_the_node_driver(run_scenarios, node_driver):
     before = children()
-    run = run_scenarios("reference", "--adapter-cmd", node_driver)
+    run = run_scenarios("reference", "--adapter-cmd", node_driver, *DRIVER_RACE_BUDGET)
     assert_core_passes(run, node_driver)
     assert run.report["adapter_name"] == "node-pg-example"
     assert children() - before == set(), "a driver process outlived the run"

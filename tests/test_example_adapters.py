@@ -19,7 +19,7 @@ from harness.requirements import CATALOG
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-SMALL_RACE_BUDGET = ("--race-sample", "10", "--race-walks", "2")
+SMALL_RACE_BUDGET = ("--race-sample", "4", "--race-walks", "1")
 """Every scenario runs and every race must still happen, on fewer schedules: an ORM
 operation is several statements, so the default budget makes its 8-writer races take
 minutes (the README's `turnproof run` uses the default)."""

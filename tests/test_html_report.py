@@ -118,9 +118,9 @@ def test_failing_race_in_a_browser(failing_report, tmp_path):
     assert requests == [page_path.as_uri()], f"the page asked for more: {requests}"
     width, height = _png_size(shot)
     assert box is not None
-    assert abs(width - box["width"]) <= 1 and abs(height - box["height"]) <= 1, (
-        f"screenshot {width}x{height}, timeline {box['width']}x{box['height']}"
-    )
+    size = f"screenshot {width}x{height}, timeline {box['width']}x{box['height']}"
+    assert abs(width - box["width"]) <= 1, size
+    assert abs(height - box["height"]) <= 1, size
 
 
 def _start(bar) -> float:

@@ -295,7 +295,7 @@ def rerun_elsewhere(command: str, postgres_server, cwd) -> subprocess.CompletedP
     )
 
 
-def test_failure_shows_transcript_and_a_rerun_line_that_reproduces_it(
+def test_failure_shows_its_timeline_and_a_rerun_line_that_reproduces_it(
     run_scenarios, postgres_server, tmp_path
 ):
     failing = run_scenarios(
@@ -306,9 +306,10 @@ def test_failure_shows_transcript_and_a_rerun_line_that_reproduces_it(
     )
     output = failing.result.stdout.str()
     assert failing.status("MSG-4") == "fail", output
-    assert "transcript:" in output
-    assert "step step: SELECT status FROM messages" in output
-    assert "step finalize: commit (" in output
+    assert "timeline (schedule: " in output, output
+    assert re.search(r"FINALIZE +STEP", output), "one column per actor"
+    assert re.search(r"runs(, its commit held)?: SELECT status FROM", output), output
+    assert "transcript:" not in output, "the transcript is for -v"
     rerun = re.search(r"rerun: pytest (.*--race-schedule '[a-z,]+')", output)
     assert rerun, output
     replay = rerun_elsewhere(rerun[1], postgres_server, tmp_path)
@@ -325,3 +326,18 @@ def test_failure_shows_transcript_and_a_rerun_line_that_reproduces_it(
     )
     replay = rerun_elsewhere(through_driver, postgres_server, tmp_path)
     assert "the finalized row was clobbered" in replay.stdout, replay.stdout + replay.stderr
+
+
+def test_verbose_failure_adds_the_isolation_tester_transcript(run_scenarios):
+    failing = run_scenarios(
+        "reference_impl.broken:read_then_write_in_transaction",
+        "-k",
+        "late_step",
+        "-v",
+        target="scenarios.test_message_races",
+    )
+    output = failing.result.stdout.str()
+    assert failing.status("MSG-4") == "fail", output
+    assert "transcript:" in output, output
+    assert "step step: SELECT status FROM messages" in output
+    assert "step finalize: complete (" in output or "step finalize: commit (" in output

@@ -144,7 +144,7 @@ def test_adapter_that_cannot_start_is_one_line(
         (("--pg", "dsn"), "--pg=dsn needs --pg-dsn"),
         (("--pg", "cloud"), "--pg 'cloud': choose one of auto, embedded, docker, dsn"),
         (("--operation-timeout", "-3"), "--operation-timeout '-3': give a positive number"),
-        (("--race-sample", "0"), "--race-sample 0: give how many interleavings"),
+        (("--race-sample", "0"), "--race-sample 0: give how many schedules"),
         (("--race-schedule", "finalize,,step"), "--race-schedule 'finalize,,step'"),
         (("--race-schedule", "explode:step"), "--race-schedule 'explode:step'"),
     ],

@@ -172,8 +172,7 @@ def check_race_options(config: pytest.Config) -> None:
     sample = config.getoption("race_sample", None)
     if sample is not None and sample < 1:
         raise UsageError(
-            f"--race-sample {sample}: give how many schedules of the choice tree to run, "
-            "at least 1"
+            f"--race-sample {sample}: give how many schedules of the choice tree to run, at least 1"
         )
     walks = config.getoption("race_walks", None)
     if walks is not None and walks < 0:
