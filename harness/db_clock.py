@@ -10,12 +10,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
-import anyio
 import psycopg
 
 from harness.errors import ScenarioPremiseError
-
-_POLL_SECONDS = 0.02
 
 
 class DatabaseClock:
@@ -36,15 +33,28 @@ class DatabaseClock:
         assert row is not None
         return row[0]
 
-    async def let_pass(self, delta: timedelta) -> None:
-        """Return once the database clock has moved on by `delta` since the call.
+    async def let_pass(self, delta: timedelta) -> datetime:
+        """Return once the database clock has moved on by `delta` since the call, with the
+        clock's reading then.
 
         Every row written before the call is then older than `delta` by the
-        database's own judgement; the sleep only bounds each poll.
+        database's own judgement.
         """
-        deadline = await self.now() + delta
-        while (now := await self.now()) < deadline:  # noqa: ASYNC110 (polling another process)
-            await anyio.sleep(min(_POLL_SECONDS, (deadline - now).total_seconds()))
+        return await self.sleep_until(await self.now() + delta)
+
+    async def sleep_until(self, deadline: datetime) -> datetime:
+        """Return once the database clock reads `deadline` or later, with that reading.
+
+        The server sleeps exactly as long as its own clock says is left (pg_sleep sleeps
+        at least that long), and the reading after it proves the wait: one sleep, no
+        polling (a second only if the clock were to say the first fell short).
+        """
+        while (now := await self.now()) < deadline:
+            await self._connection.execute(
+                "SELECT pg_sleep(extract(epoch FROM %s::timestamptz - clock_timestamp()))",
+                (deadline,),
+            )
+        return now
 
     @asynccontextmanager
     async def within(self, limit: timedelta) -> AsyncIterator[None]:

@@ -10,10 +10,11 @@ operations of the capabilities its scenarios declare (the store is guarded).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from harness import Message, Run, RunAlreadyActive, TurnStore
-from harness.errors import ScenarioPremiseError
+from harness.db_clock import DatabaseClock
 from harness.race import (
     Cut,
     Kill,
@@ -27,14 +28,17 @@ from harness.race import (
     Terminate,
     given,
 )
+from harness.race.scenario import Setup
 from scenarios.support import (
     ACTIVE_RUN_STATUSES,
     RACE_WS,
-    STALE,
+    STALE_ONLY,
     USAGE_A,
     USAGE_B,
     a_chat,
     finalize_op,
+    race_gap,
+    race_premise,
     step_op,
     streaming_message,
     text_parts,
@@ -315,8 +319,6 @@ def fault_after_each_winner_step(fault: str):
 
 # Sweeps: staleness comes from the database clock -------------------------------------
 
-SWEEP = Op("sweep_streaming", older_than=STALE)
-
 
 async def streaming_row(store: TurnStore, chat_id: str, turn_id: str) -> str:
     message_id = await store.persist_assistant_shell(
@@ -329,18 +331,41 @@ async def streaming_row(store: TurnStore, chat_id: str, turn_id: str) -> str:
     return message_id
 
 
-async def a_stale_row(store: TurnStore, db_clock) -> dict[str, object]:
+async def a_row(store: TurnStore) -> dict[str, object]:
     chat_id = await store.create_chat(workspace_id=RACE_WS)
-    message_id = await streaming_row(store, chat_id, "turn-1")
-    await db_clock.let_pass(STALE)
-    return {"chat_id": chat_id, "message_id": message_id}
+    return {"chat_id": chat_id, "message_id": await streaming_row(store, chat_id, "turn-1")}
 
 
-async def a_stale_and_a_fresh_row(store: TurnStore, db_clock) -> dict[str, object]:
-    context = await a_stale_row(store, db_clock)
-    context["fresh_since"] = await db_clock.now()
-    context["fresh_id"] = await streaming_row(store, context["chat_id"], "turn-2")  # type: ignore[arg-type]
+def a_stale_row(gap: timedelta) -> Setup:
+    """A streaming row, then `gap` on the database clock: stale at the race's threshold."""
+
+    async def setup(store: TurnStore, db_clock: DatabaseClock) -> dict[str, object]:
+        return await a_row(store) | await race_gap(db_clock, gap)
+
+    return setup
+
+
+def a_stale_and_a_fresh_row(gap: timedelta) -> Setup:
+    """A stale row as `a_stale_row`, then another replica's live row, fresh at it."""
+
+    async def setup(store: TurnStore, db_clock: DatabaseClock) -> dict[str, object]:
+        context = await a_stale_row(gap)(store, db_clock)
+        context["fresh_id"] = await streaming_row(store, context["chat_id"], "turn-2")  # type: ignore[arg-type]
+        return context
+
+    return setup
+
+
+async def a_row_stale_at_any_threshold(
+    store: TurnStore, db_clock: DatabaseClock
+) -> dict[str, object]:
+    """A streaming row older than STALE_ONLY, for races that need no fresh row."""
+    context = await a_row(store)
+    await db_clock.let_pass(STALE_ONLY)
     return context
+
+
+SWEEP = Op("sweep_streaming", older_than=given("older_than"))
 
 
 def either_overlapped(a: str, b: str) -> Produced:
@@ -359,12 +384,7 @@ def either_after(a: str, b: str) -> Produced:
 
 
 async def only_the_stale_row_is_swept(outcome: RaceOutcome) -> None:
-    took = outcome.finished_at - outcome.context["fresh_since"]  # type: ignore[operator]
-    if took >= STALE:
-        raise ScenarioPremiseError(
-            f"the interleaving took {took.total_seconds():.3f} s of database time, so the "
-            "fresh row was no longer fresh; no verdict"
-        )
+    race_premise(outcome)
     stale, fresh = await message_row(outcome), await message_row(outcome, "fresh_id")
     assert stale.status == "aborted", (
         f"expected the stale streaming row 'aborted', found it {stale.status!r}"
@@ -382,16 +402,20 @@ async def only_the_stale_row_is_swept(outcome: RaceOutcome) -> None:
         )
 
 
-STARTUP_SWEEP = Race(
-    name="startup sweep vs a live turn",
-    setup=a_stale_and_a_fresh_row,
-    actors={"replica": [step_op("live step", message="fresh_id")], "startup": [SWEEP]},
-    produced=(either_after("startup", "replica"), either_overlapped("startup", "replica")),
-    check=only_the_stale_row_is_swept,
-)
+def startup_sweep(gap: timedelta) -> Race:
+    """A replica starting up sweeps while another streams; `gap` between the stale row and
+    the live one."""
+    return Race(
+        name="startup sweep vs a live turn",
+        setup=a_stale_and_a_fresh_row(gap),
+        actors={"replica": [step_op("live step", message="fresh_id")], "startup": [SWEEP]},
+        produced=(either_after("startup", "replica"), either_overlapped("startup", "replica")),
+        check=only_the_stale_row_is_swept,
+    )
 
 
 async def one_of_two_endings(outcome: RaceOutcome) -> None:
+    race_premise(outcome)  # a step that landed keeps the row fresh only within the threshold
     message = await message_row(outcome)
     stepped, swept = outcome.result("step"), outcome.result("sweep")
     found = (swept, message.status, message.content)
@@ -408,13 +432,15 @@ async def one_of_two_endings(outcome: RaceOutcome) -> None:
         )
 
 
-SWEEP_VS_STEP = Race(
-    name="sweep vs step on one row",
-    setup=a_stale_row,
-    actors={"step": [step_op("late step")], "sweep": [SWEEP]},
-    produced=(either_after("step", "sweep"), either_overlapped("step", "sweep")),
-    check=one_of_two_endings,
-)
+def sweep_vs_step(gap: timedelta) -> Race:
+    """A sweep and a step on one stale row; `gap` between the row and the race."""
+    return Race(
+        name="sweep vs step on one row",
+        setup=a_stale_row(gap),
+        actors={"step": [step_op("late step")], "sweep": [SWEEP]},
+        produced=(either_after("step", "sweep"), either_overlapped("step", "sweep")),
+        check=one_of_two_endings,
+    )
 
 
 async def finalize_wins(outcome: RaceOutcome) -> None:
@@ -430,8 +456,11 @@ async def finalize_wins(outcome: RaceOutcome) -> None:
 
 FINALIZE_VS_SWEEP = Race(
     name="finalize vs sweep",
-    setup=a_stale_row,
-    actors={"finalize": [finalize_op("final answer", None)], "sweep": [SWEEP]},
+    setup=a_row_stale_at_any_threshold,
+    actors={
+        "finalize": [finalize_op("final answer", None)],
+        "sweep": [Op("sweep_streaming", older_than=STALE_ONLY)],
+    },
     produced=(
         Produced(
             "the finalize reached the database after the sweep had aborted the row",

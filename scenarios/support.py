@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -15,24 +15,28 @@ from harness.contract import (
     TERMINAL_MESSAGE_STATUSES,
     TERMINAL_RUN_STATUSES,
 )
-from harness.race import Op, given
+from harness.db_clock import DatabaseClock
+from harness.errors import ScenarioPremiseError
+from harness.race import Exploration, Op, Race, RaceEngine, RaceOutcome, given
 
 __all__ = [
     "ACTIVE_RUN_STATUSES",
     "FINAL",
-    "FRESH_FOR",
+    "GAP_ATTEMPTS",
     "NO_TEXT_PART",
+    "RACE_GAP",
     "RACE_WS",
     "SKEW",
-    "STALE",
     "STALE_ONLY",
     "STEPS",
+    "SWEEP_GAP",
     "TERMINAL_MESSAGE_STATUSES",
     "TERMINAL_RUN_STATUSES",
     "USAGE_A",
     "USAGE_B",
     "ConfirmedWrites",
     "KillableStore",
+    "SweepPremise",
     "Turn",
     "a_chat",
     "append_steps",
@@ -42,38 +46,49 @@ __all__ = [
     "describe_error",
     "describe_message",
     "existing_message",
+    "explore_stale",
     "finalize_op",
     "is_empty_parts",
     "missing_id_like",
     "new_turn_id",
     "new_workspace",
+    "race_gap",
+    "race_premise",
     "raised_by",
     "skewed_clock",
     "step_op",
     "streaming_message",
     "streaming_turn",
+    "sweep_premise",
     "text_parts",
     "usage_values",
     "user_row",
 ]
 
-STALE = timedelta(seconds=1)
-"""The staleness threshold of the sweep races: a whole interleaving, run after the stale
-row was written, must finish within it for its fresh row to stay fresh."""
-
 STALE_ONLY = timedelta(milliseconds=10)
 """The threshold of scenarios in which every row a sweep judges must be stale: written
 before `db_clock.let_pass(STALE_ONLY)`, each is older than it by the database's own clock
 (the rows' now() precedes the wait's first clock_timestamp()), however small it is. Small
-keeps the real-time wait short; the database clock, not the threshold, makes it exact."""
+keeps the wait short; the database clock, not the threshold, makes it exact."""
 
-FRESH_FOR = timedelta(milliseconds=1500)
-"""The threshold of scenarios that need fresh rows (or runs) beside stale ones: stale ones
-wait it out with `db_clock.let_pass(FRESH_FOR)`; fresh ones are written, and the sweep run,
-inside `db_clock.within(FRESH_FOR)`, which proves on the database clock that they were
-still fresh (else no verdict). Such a block took 0.05 s (median) for the reference; the
-longest seen, 1.1 s, was the SQLAlchemy ORM example on a 2-core machine running three
-test workers, so the threshold leaves room for that."""
+SWEEP_GAP = timedelta(milliseconds=100)
+"""The database-clock gap between the stale rows and the fresh ones of a sweep scenario
+(first attempt, `sweep_premise`). The threshold is chosen inside the gap when the sweep is
+called, so only the sweep call itself has to end within the gap; the reference's takes a few
+milliseconds, an ORM's on a loaded 2-core machine tens."""
+
+RACE_GAP = timedelta(milliseconds=250)
+"""The same gap in the sweep races (first attempt, `explore_stale`). There the threshold is
+fixed in the set-up, so each interleaving has to end within the gap after its fresh row was
+written: about 30 ms for the reference, seldom over 100 ms on a loaded 2-core machine."""
+
+GAP_ATTEMPTS = 3
+"""Attempts at a staleness premise, the gap doubled each time: a machine stall that broke
+the premise gets a wider gap, not a premise error at once."""
+
+THRESHOLD_MARGIN = timedelta(milliseconds=1)
+"""How much younger than the newest stale row a chosen threshold is, so that row is
+strictly older on the database clock, far above its microsecond resolution."""
 
 SKEW = timedelta(minutes=10)
 """How far a skewed replica's app clock runs ahead of (or behind) real time."""
@@ -355,3 +370,137 @@ class ConfirmedWrites:
             FINAL,
             [usage_values(USAGE_A)],
         ), f"a confirmed finalize did not survive {death}: {describe_message(done, usage)}"
+
+
+Sweep = Callable[..., Awaitable[int]]
+"""A replica's `sweep_streaming` or `sweep_runs`, called as `sweep(older_than=d)`."""
+
+
+def wider(gap: timedelta, needed: timedelta) -> timedelta:
+    """The gap of the next attempt: twice what the last one had or would have needed."""
+    return 2 * max(gap, needed)
+
+
+class SweepPremise:
+    """One attempt at the timing premise of a sweep scenario, on the database clock: rows
+    written before `pass_gap()` are stale and rows written after it fresh, for a sweep made
+    through `sweep()` that ends within the gap. A premise that did not hold is recorded, not
+    raised: `sweep_premise` then tries again with a wider gap."""
+
+    def __init__(self, clock: DatabaseClock, gap: timedelta) -> None:
+        self.gap = gap
+        self.broken: list[str] = []
+        self.needed = gap
+        """The gap this attempt would have needed (more than `gap` if the premise broke)."""
+        self._clock = clock
+        self._stale_before: datetime | None = None
+        self._fresh_from: datetime | None = None
+
+    async def pass_gap(self) -> None:
+        """Between the stale rows and the fresh ones: let `gap` pass on the database clock."""
+        self._stale_before = await self._clock.now()
+        self._fresh_from = await self._clock.sleep_until(self._stale_before + self.gap)
+
+    async def sweep(self, sweep: Sweep) -> int:
+        """`sweep(older_than=d)`, with d chosen on the database clock as the sweep is called:
+        just under the age the newest stale row has then at least, so every stale row is
+        strictly older than d; the fresh rows are younger than d if the sweep ends within
+        the gap, which is recorded."""
+        assert self._stale_before is not None, "SweepPremise.sweep before pass_gap"
+        older_than = await self._clock.now() - self._stale_before - THRESHOLD_MARGIN
+        swept = await sweep(older_than=older_than)
+        await self.fresh_at(older_than)
+        return swept
+
+    async def fresh_at(self, older_than: timedelta) -> None:
+        """Record whether the rows written after the gap were still younger than
+        `older_than` when the sweep that just returned ran."""
+        assert self._fresh_from is not None, "SweepPremise.fresh_at before pass_gap"
+        age = await self._clock.now() - self._fresh_from
+        self.needed = max(self.needed, self.gap + age - older_than)
+        self.require(
+            age < older_than,
+            f"the fresh rows were {age.total_seconds():.3f} s old when the sweep ended, not "
+            f"younger than its threshold {older_than.total_seconds():.3f} s",
+        )
+
+    def require(self, holds: bool, what: str) -> None:
+        """Record a premise of this attempt that did not hold (`what` says how)."""
+        if not holds:
+            self.broken.append(what)
+
+
+T = TypeVar("T")
+
+
+async def sweep_premise(
+    clock: DatabaseClock,
+    attempt: Callable[[SweepPremise], Awaitable[T]],
+    *,
+    settle: Sequence[Sweep],
+) -> T:
+    """`attempt`'s result once its timing premise held, tried GAP_ATTEMPTS times from
+    SWEEP_GAP, each time with a wider gap; else ScenarioPremiseError (no verdict). Verdicts
+    belong after this returns. Before another attempt the `settle` sweeps close what the
+    last one left streaming or active, all of it stale at STALE_ONLY, so the next counts
+    start clean."""
+    gap, broken = SWEEP_GAP, []
+    for _ in range(GAP_ATTEMPTS):
+        premise = SweepPremise(clock, gap)
+        result = await attempt(premise)
+        if not premise.broken:
+            return result
+        broken += [f"{gap.total_seconds():g} s gap: {what}" for what in premise.broken]
+        await clock.let_pass(STALE_ONLY)
+        for sweep in settle:
+            await sweep(older_than=STALE_ONLY)
+        gap = wider(gap, premise.needed)
+    raise ScenarioPremiseError(
+        "the machine stalled through every attempt at the sweep's timing premise ("
+        + "; ".join(broken)
+        + "), so no verdict was drawn; rerun the test"
+    )
+
+
+class RacePremiseError(ScenarioPremiseError):
+    """An interleaving ended after its fresh rows had aged past the race's threshold."""
+
+    def __init__(self, message: str, needed: timedelta) -> None:
+        super().__init__(message)
+        self.needed = needed
+        """The gap the interleaving would have needed."""
+
+
+async def race_gap(clock: DatabaseClock, gap: timedelta) -> dict[str, Any]:
+    """Race set-up between its stale rows and its fresh ones: let `gap` pass, and return
+    the threshold its sweeps use (`older_than`, under which every earlier row is stale at
+    any later sweep) and when the fresh rows began (`fresh_since`, for `race_premise`)."""
+    stale_before = await clock.now()
+    fresh_since = await clock.sleep_until(stale_before + gap)
+    return {"older_than": fresh_since - stale_before, "fresh_since": fresh_since}
+
+
+def race_premise(outcome: RaceOutcome) -> None:
+    """No verdict on an interleaving that ended after the rows written after `race_gap`
+    had aged past the threshold: `explore_stale` tries again with a wider gap."""
+    took = outcome.finished_at - outcome.context["fresh_since"]
+    older_than = outcome.context["older_than"]
+    if took >= older_than:
+        raise RacePremiseError(
+            f"the interleaving ended {took.total_seconds():.3f} s of database time after the "
+            f"fresh rows were written, past the threshold {older_than.total_seconds():.3f} s; "
+            "no verdict",
+            needed=took,
+        )
+
+
+async def explore_stale(engine: RaceEngine, race_for: Callable[[timedelta], Race]) -> Exploration:
+    """Explore the race `race_for(gap)` from RACE_GAP; after an interleaving the machine
+    slowed past its premise, again with a wider gap, GAP_ATTEMPTS times at most."""
+    gap = RACE_GAP
+    for _ in range(GAP_ATTEMPTS - 1):
+        try:
+            return await engine.explore(race_for(gap))
+        except RacePremiseError as stalled:
+            gap = wider(gap, stalled.needed)
+    return await engine.explore(race_for(gap))

@@ -20,6 +20,36 @@ from harness.postgres.resolver import PostgresServer, start_postgres
 
 pytest_plugins = ["pytester"]
 
+HEAVY = (
+    "test_main_job_passes_every_covered_requirement",
+    "test_the_sqlalchemy_orm_example_is_a_conforming_implementation",
+    "test_core_suite_passes_through_the_node_driver",
+    "test_sequential_core_scenarios_pass_through_the_python_worker",
+)
+"""The tests that run a whole suite, minutes each where most take seconds, in the order
+they are dealt to the workers: with 3, the first worker gets the two shortest."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, start each worker's share of the tests with its HEAVY ones, dealt round
+    the workers. Work stealing splits the collection into one contiguous share per worker
+    and steals from a share's end, so a heavy test late in a share, or two in one, would
+    finish the run minutes after the other workers ran out of tests."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if not workers:
+        return
+    heavy = sorted((i for i in items if i.name in HEAVY), key=lambda i: HEAVY.index(i.name))
+    light = [i for i in items if i.name not in HEAVY]
+    shares: list[list[pytest.Item]] = [heavy[k::workers] for k in range(workers)]
+    left = len(items)
+    for k, share in enumerate(shares):  # xdist's even split: pending // workers left
+        size = left // (workers - k)
+        left -= size
+        fill = max(0, size - len(share))
+        share += light[:fill]
+        del light[:fill]
+    items[:] = [item for share in shares for item in share] + light
+
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
