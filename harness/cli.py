@@ -12,7 +12,9 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +26,7 @@ from harness.proxy.cli import add_commands as add_proxy_commands
 from harness.proxy.cli import run as run_proxy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+HYPOTHESIS_STORAGE = "HYPOTHESIS_STORAGE_DIRECTORY"
 _PYTEST_TO_CLI = {
     pytest.ExitCode.OK: EXIT_OK,
     pytest.ExitCode.TESTS_FAILED: EXIT_FAILED,
@@ -94,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "own PostgreSQL, the matrix is the same as a serial run's",
     )
     run.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run share K of N of the selected scenarios (deterministic and balanced; a "
+        "requirement's scenarios and a race's variants stay together); write each share's "
+        "--json and combine them with `turnproof merge`",
+    )
+    run.add_argument(
         "--operation-timeout",
         type=float,
         metavar="SECONDS",
@@ -111,6 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Toxiproxy-compatible proxy server of the harness.",
     )
     add_proxy_commands(proxy)
+    merge = commands.add_parser(
+        "merge",
+        help="combine the JSON reports of `turnproof run --shard K/N` into the run's matrix",
+        description="Combine the JSON reports of every shard of one run into the matrix, "
+        "verdict and exit status the unsharded run would have given.",
+    )
+    merge.add_argument("reports", nargs="+", type=Path, metavar="REPORT", help="a shard's --json")
+    merge.add_argument("--json", type=Path, help="write the merged matrix and verdict as JSON")
+    merge.add_argument("--html", type=Path, help="write the merged self-contained HTML report")
+    requirements = commands.add_parser(
+        "requirements",
+        help="the catalog: each clause, its scenarios and the broken variants that break it",
+        description="Print every clause of the contract with the scenarios that check it "
+        "and the broken variants that break it (read from collection; starts no PostgreSQL).",
+    )
+    requirements.add_argument("-v", "--verbose", action="store_true", help="name the scenarios")
+    requirements.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="regenerate the requirement table in docs/contract.md instead of printing",
+    )
     bench = commands.add_parser(
         "bench", help="benchmarks (figures, not tests): " + ", ".join(BENCHMARKS)
     )
@@ -120,10 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 BENCHMARKS = {
-    "driver": "harness.driver.benchmark",
-    "proxy": "harness.proxy.benchmark",
-    "race": "harness.race.benchmark",
-    "writer": "harness.stream_writer_benchmark",
+    "driver": "harness.bench.driver",
+    "proxy": "harness.bench.proxy",
+    "race": "harness.bench.race",
+    "suite": "harness.bench.suite",
+    "writer": "harness.bench.stream_writer",
 }
 
 
@@ -133,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_suite(args)
     if args.command == "proxy":
         return run_proxy(args)
+    if args.command == "merge":
+        return merge_shards(args)
+    if args.command == "requirements":
+        from harness.requirement_table import main as requirements_main
+
+        return requirements_main(verbose=args.verbose, write_docs=args.write_docs)
     if args.command == "bench":
         return importlib.import_module(BENCHMARKS[args.benchmark]).main(args.bench_args)
     raise AssertionError(f"unhandled command {args.command!r}")
@@ -150,7 +188,10 @@ def run_suite(args: argparse.Namespace) -> int:
     except AdapterLoadError as exc:
         print(f"turnproof: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    pytest_args = ["--pyargs", "scenarios", "-p", "no:cacheprovider", "--adapter", args.adapter]
+    # The suite's own settings only: the working directory's pytest configuration (addopts,
+    # markers, warnings filters) belongs to the user's project, not to the conformance run.
+    pytest_args = ["-c", os.devnull, "--rootdir", os.getcwd()]
+    pytest_args += ["--pyargs", "scenarios", "-p", "no:cacheprovider", "--adapter", args.adapter]
     if args.adapter_cmd:
         pytest_args += ["--adapter-cmd", args.adapter_cmd]
     pytest_args += ["--pg", args.pg, "-r", "fEs"]
@@ -174,12 +215,15 @@ def run_suite(args: argparse.Namespace) -> int:
         pytest_args += ["-p", "xdist", "-n", args.numprocesses]
     if args.operation_timeout is not None:
         pytest_args += ["--operation-timeout", str(args.operation_timeout)]
+    if args.shard is not None:
+        pytest_args += ["--shard", args.shard]
     pytest_args.append("-v" if args.verbose else "-q")
     pytest_args += [a for a in args.pytest_args if a != "--"]
     watcher = _RunWatcher()
     previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        code = pytest.main(pytest_args, plugins=[watcher])
+        with _hypothesis_storage_outside_the_working_directory():
+            code = pytest.main(pytest_args, plugins=[watcher])
     finally:
         signal.signal(signal.SIGTERM, previous)
     if watcher.verdict_line:
@@ -187,6 +231,45 @@ def run_suite(args: argparse.Namespace) -> int:
     if watcher.interrupted:
         return EXIT_INTERRUPTED
     return _PYTEST_TO_CLI.get(code, EXIT_FAILED)
+
+
+@contextmanager
+def _hypothesis_storage_outside_the_working_directory() -> Iterator[None]:
+    """Hypothesis-driven scenarios keep their example database in a directory of the run's
+    own, removed afterwards, instead of a `.hypothesis/` left in the user's project; a
+    HYPOTHESIS_STORAGE_DIRECTORY the user set is respected. xdist workers inherit it."""
+    if os.environ.get(HYPOTHESIS_STORAGE):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="turnproof-hypothesis-") as directory:
+        os.environ[HYPOTHESIS_STORAGE] = directory
+        try:
+            yield
+        finally:
+            del os.environ[HYPOTHESIS_STORAGE]
+
+
+def merge_shards(args: argparse.Namespace) -> int:
+    """Print (and write) the matrix of the shards' reports; exit as the unsharded run."""
+    from harness.conformance_report import exit_status, merge_reports, read_report
+    from harness.errors import UsageError
+    from harness.report.html import write_html
+
+    try:
+        named = [(str(path), read_report(path)) for path in args.reports]
+        report = merge_reports(named)
+    except UsageError as exc:
+        print(f"turnproof merge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyError, TypeError, AttributeError) as exc:
+        print(f"turnproof merge: not a turnproof shard report (missing {exc})", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        report.write_json(args.json)
+    if args.html:
+        write_html(report.to_json(), args.html)
+    print("\n".join(report.render()))
+    return exit_status(report.verdict, report.interrupted)
 
 
 def _put_working_directory_on_path() -> None:

@@ -9,11 +9,12 @@ not conform.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UsageError
 from harness.requirements import (
     CATALOG,
     CORE_CAPABILITIES,
@@ -24,6 +25,8 @@ from harness.requirements import (
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
 NOT_COVERED, NOT_RUN, NOT_DECLARED = "not covered", "not run", "not declared"
 NOT_REACHED = "not reached"
+OTHER_SHARD = "other shard"
+"""Selected, but its scenarios are in another shard of the run: `turnproof merge` judges it."""
 
 
 @dataclass
@@ -42,6 +45,10 @@ class ScenarioOutcome:
     harness.report.timeline.Timeline.to_json() draws it."""
     explored: str = ""
     """For a race: what its exploration covered, in one line."""
+    clauses: tuple[str, ...] = ()
+    """The clause IDs (`MSG-1d`) the scenario checks; the matrix stays per requirement."""
+    channel: str = ""
+    """How the scenario reaches a bug: sequential, race, kill, restart, network or skew."""
 
 
 @dataclass
@@ -91,6 +98,14 @@ class ConformanceReport:
     scenarios: list[ScenarioOutcome] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)
     """How the run went: seconds, exit_status, turnproof's version (set at its end)."""
+    suite: dict[str, str] = field(default_factory=dict)
+    """Which suite judged: turnproof's version and a digest of the scenario modules."""
+    selection: dict[str, Any] = field(default_factory=dict)
+    """What chose and shaped the scenarios (`options`: --requirement, -k, -m, race options,
+    --count), and whether it was the whole suite (`whole_suite`)."""
+    shard: dict[str, Any] | None = None
+    """For a `--shard K/N` run: index, total, the whole selection (`selected_scenarios`,
+    `selected_requirements`) and this shard's share (`scenarios`, `requirements`)."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -113,13 +128,17 @@ class ConformanceReport:
             if self.complete_run
             else [r for r in self.rows if r.scenarios or r.status == NOT_REACHED]
         )
+        elsewhere = sum(1 for r in self.rows if r.status == OTHER_SHARD)
         for row in shown:
             counts = _counts(row)
             detail = row.text if row.status in (PASS, FAIL, ERROR) else f"{row.text} [{row.reason}]"
             lines.append(f"{row.id:<7} {row.status.upper():<12} {counts:<10} {detail}")
             lines.extend(f"{'':<7} failed: {nodeid}" for nodeid in row.failing)
         if len(shown) < len(self.rows):
-            lines.append(f"({len(self.rows) - len(shown)} requirements had no scenario selected)")
+            unselected = len(self.rows) - len(shown) - elsewhere
+            lines.append(f"({unselected} requirements had no scenario selected)")
+        if elsewhere:
+            lines.append(f"({elsewhere} requirements are in other shards of this run)")
         lines += ["", self.verdict.line]
         return lines
 
@@ -134,11 +153,14 @@ def build_report(
     complete_run: bool,
     interrupted: bool = False,
     selected: set[str] | None = None,
+    shard: str = "",
+    elsewhere: frozenset[str] = frozenset(),
 ) -> ConformanceReport:
     """The matrix of these outcomes. `selected`: the requirement IDs whose scenarios were
     selected (None: not known, as when pytest-xdist workers were interrupted); a selected
-    requirement with no outcome was not reached."""
-    outcomes = list(outcomes)
+    requirement with no outcome was not reached. For a shard (`shard` "K/N"), `elsewhere`:
+    the selected requirements whose scenarios are in the other shards."""
+    outcomes = sorted(outcomes, key=lambda o: o.nodeid)  # the same rows in any run order
     by_id: dict[str, list[ScenarioOutcome]] = {}
     for outcome in outcomes:
         for requirement_id in outcome.requirement_ids:
@@ -148,6 +170,8 @@ def build_report(
         chosen = row.id in selected if selected is not None else interrupted
         if row.status == NOT_RUN and chosen:
             row.status, row.reason = NOT_REACHED, _not_reached_reason(interrupted)
+        elif row.status == NOT_RUN and row.id in elsewhere:
+            row.status, row.reason = OTHER_SHARD, f"in another shard than {shard}"
     failures = [
         FailedScenario(o.nodeid, list(o.requirement_ids), o.outcome, o.reason, o.rerun)
         for o in outcomes
@@ -159,7 +183,7 @@ def build_report(
         capabilities=sorted(capabilities),
         postgres=postgres,
         rows=rows,
-        verdict=_verdict(rows, adapter_name, capabilities, complete_run, interrupted),
+        verdict=_verdict(rows, adapter_name, capabilities, complete_run, interrupted, shard),
         complete_run=complete_run,
         interrupted=interrupted,
         failures=failures,
@@ -221,6 +245,7 @@ def _verdict(
     capabilities: frozenset[str],
     complete_run: bool,
     interrupted: bool,
+    shard: str = "",
 ) -> Verdict:
     """`ok` only when nothing declared failed, errored or went unproven; `conforming` only
     for a whole, uninterrupted run that passed with every core capability declared."""
@@ -252,6 +277,13 @@ def _verdict(
             False, False, f"INCOMPLETE: {', '.join(unproven)} did not pass a single scenario"
         )
     note = f"; not covered by this suite yet: {', '.join(uncovered)}" if uncovered else ""
+    if shard:
+        return Verdict(
+            True,
+            False,
+            f"PASS (shard {shard}): {adapter!r} passes the {len(passed)} requirements of this "
+            "shard; `turnproof merge` every shard's JSON report for the run's verdict",
+        )
     if not complete_run:
         return Verdict(
             True,
@@ -279,3 +311,115 @@ def _counts(row: RequirementRow) -> str:
     if row.failed or row.errors:
         return f"{row.failed + row.errors}/{row.scenarios} bad"
     return str(row.scenarios)
+
+
+def exit_status(verdict: Verdict, interrupted: bool) -> int:
+    """What `turnproof run` exits with for this verdict (its exit-code table)."""
+    if interrupted:
+        return 130
+    return 0 if verdict.ok else 1
+
+
+def merge_reports(named: Sequence[tuple[str, dict[str, Any]]]) -> ConformanceReport:
+    """The report the unsharded run would have written, from every shard's JSON report
+    (`(name, report)` pairs). Reports that do not make up one run are a UsageError."""
+    if not named:
+        raise UsageError("give the JSON report of every shard")
+    for name, report in named:
+        if not isinstance(report, dict) or not isinstance(report.get("shard"), dict):
+            raise UsageError(
+                f"{name} is not the JSON report of a shard (turnproof run --shard K/N)"
+            )
+    first_name, first = named[0]
+    for key, what in (
+        ("adapter_spec", "adapters"),
+        ("capabilities", "adapter capabilities"),
+        ("suite", "suite versions"),
+        ("selection", "selections"),
+    ):
+        for name, report in named[1:]:
+            mine = report.get(key) if key != "selection" else report["selection"].get("options")
+            theirs = first.get(key) if key != "selection" else first["selection"].get("options")
+            if mine != theirs:
+                raise UsageError(
+                    f"{first_name} and {name} come from different {what} "
+                    f"({theirs!r} and {mine!r}); merge the shards of one run"
+                )
+    shards = {name: report["shard"] for name, report in named}
+    total = shards[first_name]["total"]
+    whole = (shards[first_name]["selected_scenarios"], shards[first_name]["selected_requirements"])
+    seen: dict[int, str] = {}
+    owner: dict[str, str] = {}
+    for name, shard in shards.items():
+        if shard["total"] != total:
+            raise UsageError(
+                f"{first_name} is a shard of {total} and {name} of {shard['total']}; merge the "
+                "shards of one run"
+            )
+        if (shard["selected_scenarios"], shard["selected_requirements"]) != whole:
+            raise UsageError(
+                f"{first_name} and {name} come from different selections; merge the shards of "
+                "one run"
+            )
+        if shard["index"] in seen:
+            raise UsageError(
+                f"shard {shard['index']}/{total} given twice: {seen[shard['index']]} and {name}"
+            )
+        seen[shard["index"]] = name
+        for scenario in shard["scenarios"]:
+            if scenario in owner:
+                raise UsageError(f"scenario {scenario} is in both {owner[scenario]} and {name}")
+            owner[scenario] = name
+    missing = [f"{i}/{total}" for i in range(1, total + 1) if i not in seen]
+    if missing:
+        raise UsageError(f"shard(s) {', '.join(missing)} missing: give every shard's report")
+    if len(owner) != whole[0]:
+        raise UsageError(
+            f"the shards ran {len(owner)} scenarios of a selection of {whole[0]}: "
+            "merge the shards of one run"
+        )
+    known = {f.name for f in fields(ScenarioOutcome)}
+    outcomes = [
+        ScenarioOutcome(
+            **{k: v for k, v in s.items() if k in known}
+            | {
+                "requirement_ids": tuple(s["requirement_ids"]),
+                "clauses": tuple(s.get("clauses", ())),
+            }
+        )
+        for _, report in named
+        for s in report["scenarios"]
+    ]
+    interrupted = any(report["interrupted"] for _, report in named)
+    whole_suite = all(report["selection"].get("whole_suite") for _, report in named)
+    postgres = sorted({report["postgres"] for _, report in named})
+    merged = build_report(
+        outcomes,
+        adapter_name=first["adapter_name"],
+        adapter_spec=first["adapter_spec"],
+        capabilities=frozenset(first["capabilities"]),
+        postgres="; ".join(postgres),
+        complete_run=whole_suite and not interrupted,
+        interrupted=interrupted,
+        selected={r for shard in shards.values() for r in shard["requirements"]},
+    )
+    merged.suite = first["suite"]
+    merged.selection = dict(first["selection"], whole_suite=whole_suite)
+    merged.run = {
+        "seconds": round(sum(report["run"].get("seconds", 0.0) for _, report in named), 1),
+        "exit_status": exit_status(merged.verdict, interrupted),
+        "version": first["run"].get("version", ""),
+        "merged": [name for name, _ in sorted(named, key=lambda n: n[1]["shard"]["index"])],
+    }
+    return merged
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A JSON report from disk; unreadable or not JSON is a UsageError."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read a JSON report ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a turnproof JSON report")
+    return data

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 
-from harness import stream_writer_benchmark
+from harness.bench import stream_writer
 
 
 def test_the_writer_benchmark_counts_every_write_without_debounce(postgres_server, capsys):
     deltas = 20
     argv = ["--deltas", str(deltas), "--spacing-ms", "1", "--dsn", postgres_server.admin_dsn]
-    assert stream_writer_benchmark.main(argv) == 0
+    assert stream_writer.main(argv) == 0
     out = capsys.readouterr().out
     rows = dict(re.findall(r"^\s+([\d.]+) ms\s+(\d+)\s", out, re.MULTILINE))
     assert set(rows) == {"33", "0"}, out

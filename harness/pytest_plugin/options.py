@@ -16,6 +16,7 @@ from harness.errors import UsageError
 from harness.postgres.resolver import PG_MODES
 from harness.pytest_plugin.time_bounds import DEFAULT_OPERATION_TIMEOUT
 from harness.race.schedule import parse_schedule
+from harness.sharding import Shard, parse_shard
 
 # option name -> (ini key, environment variable, help)
 SETTINGS = {
@@ -85,6 +86,15 @@ def add_options(parser: pytest.Parser) -> None:
         "to PATH [TURNPROOF_HTML]",
     )
     parser.addini("turnproof_html", help="write the HTML report to this path", default=None)
+    group.addoption(
+        "--shard",
+        dest="turnproof_shard",
+        default=None,
+        metavar="K/N",
+        help="run share K of N of the selected scenarios (deterministic, balanced; a "
+        "requirement's scenarios and a race's variants stay in one share); combine the "
+        "shares' --turnproof-json reports with `turnproof merge`",
+    )
 
 
 def setting(config: pytest.Config, name: str) -> str | None:
@@ -121,6 +131,12 @@ def wanted_requirements(config: pytest.Config) -> set[str]:
     """The IDs given to --requirement (repeatable, comma-separated); empty: no filter."""
     values = config.getoption("turnproof_requirements")
     return {i.strip() for v in values for i in v.split(",") if i.strip()}
+
+
+def shard(config: pytest.Config) -> Shard | None:
+    """The --shard K/N of this run, checked (None: the whole selection)."""
+    given = config.getoption("turnproof_shard")
+    return parse_shard(given) if given is not None else None
 
 
 def json_path(config: pytest.Config) -> Path | None:

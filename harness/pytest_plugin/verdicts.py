@@ -13,9 +13,11 @@ other exception from the test's call is the implementation's FAIL.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +28,8 @@ from harness.conformance_report import (
     PASS,
     SKIP,
     ScenarioOutcome,
-    Verdict,
     build_report,
+    exit_status,
 )
 from harness.errors import HarnessError, ImplementationFailure, UsageError, leaves
 from harness.pytest_plugin import options
@@ -35,10 +37,13 @@ from harness.pytest_plugin.run import (
     USAGE_ERROR,
     WORKER_OUTPUT_KEY,
     TurnproofRun,
+    clause_tags,
     is_xdist_worker,
     requirement_ids,
+    scenario_channel,
     scenario_id,
 )
+from harness.pytest_plugin.shards import SHARD_OUTPUT_KEY, shard_selection
 from harness.report.html import write_html
 from harness.report.race_picture import race_picture
 
@@ -47,6 +52,19 @@ VERDICTS_PLUGIN_NAME = "turnproof-verdicts"
 USAGE = "usage"
 _REASON_LENGTH = 300
 _RERUN_PREFIX = "rerun: "
+_OUTCOME_OPTIONS = (
+    "keyword",
+    "markexpr",
+    "race_mode",
+    "race_sample",
+    "race_walks",
+    "race_seed",
+    "race_pct_depth",
+    "race_schedule",
+    "count",
+)
+"""Options besides --requirement that choose scenarios or change their outcomes: shards
+of one run must agree on them (`turnproof merge` checks)."""
 
 
 @pytest.hookimpl(wrapper=True)
@@ -63,7 +81,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 if classified["rerun"]:  # JUnit reads the properties of the teardown report
                     item.user_properties.append(("rerun", classified["rerun"]))
             setattr(
-                report, OUTCOME_ATTRIBUTE, {"scenario": scenario_id(item), "ids": ids, **classified}
+                report,
+                OUTCOME_ATTRIBUTE,
+                {
+                    "scenario": scenario_id(item),
+                    "ids": ids,
+                    "clauses": clause_tags(item),
+                    "channel": scenario_channel(item),
+                    **classified,
+                },
             )
     return report
 
@@ -133,6 +159,7 @@ class Verdicts:
         self.worker_selection: dict[str, tuple[str, ...]] = {}
         self.worker_postgres = ""
         self.worker_clone_ms: list[float] = []
+        self.worker_shard: dict[str, Any] | None = None
         self.durations: dict[str, float] = {}
         self.started = time.monotonic()
 
@@ -158,6 +185,8 @@ class Verdicts:
                 data["rerun"],
                 timeline=data.get("timeline") or (previous.timeline if previous else None),
                 explored=data.get("explored") or (previous.explored if previous else ""),
+                clauses=tuple(data["clauses"]),
+                channel=data["channel"],
             )
 
     def _usage_error(self, message: str, *, stop: bool) -> None:
@@ -188,6 +217,8 @@ class Verdicts:
         self.worker_postgres = self.worker_postgres or summary["postgres"]
         if summary["median_clone_ms"] is not None:
             self.worker_clone_ms.append(summary["median_clone_ms"])
+        shard = getattr(node, "workeroutput", {}).get(SHARD_OUTPUT_KEY)
+        self.worker_shard = self.worker_shard or shard
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -200,7 +231,9 @@ class Verdicts:
             return
         xdist = self._under_xdist()
         selected = self.worker_selection if xdist else run.selected
-        if self.config.option.collectonly or not (run.outcomes or selected):
+        sharded = shard_selection(self.config)
+        shard = self.worker_shard if xdist else (sharded.summary if sharded else None)
+        if self.config.option.collectonly or not (run.outcomes or selected or shard):
             return
         complete = (
             bool(self.workers_complete) and all(self.workers_complete)
@@ -217,18 +250,32 @@ class Verdicts:
         if clone_ms is not None:
             postgres += f"; median database clone {clone_ms:.1f} ms"
         selected_ids = {i for ids in selected.values() for i in ids} if selected else None
+        elsewhere: frozenset[str] = frozenset()
+        if shard is not None:
+            selected_ids = set(shard["requirements"])
+            elsewhere = frozenset(shard["selected_requirements"]) - selected_ids
         run.report = build_report(
             run.outcomes.values(),
             adapter_name=adapter.name,
             adapter_spec=run.adapter_cmd or run.adapter_spec,
             capabilities=adapter.capabilities,
             postgres=postgres,
-            complete_run=complete and not run.interrupted,
+            complete_run=complete and not run.interrupted and shard is None,
             interrupted=run.interrupted,
             selected=selected_ids,
+            shard=f"{shard['index']}/{shard['total']}" if shard else "",
+            elsewhere=elsewhere,
         )
+        run.report.suite = suite_version()
+        run.report.selection = {
+            "options": selection_options(self.config),
+            "whole_suite": complete if shard else run.report.complete_run,
+        }
+        run.report.shard = shard
         if not run.report.verdict.ok and exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if shard and not shard["scenarios"] and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+            session.exitstatus = pytest.ExitCode.OK  # an empty share of a run is not an error
         for outcome in run.report.scenarios:
             outcome.duration = round(self.durations.get(outcome.nodeid, 0.0), 3)
         run.report.run = {
@@ -258,11 +305,24 @@ class Verdicts:
             terminalreporter.write_line(line)
 
 
-def exit_status(verdict: Verdict, interrupted: bool) -> int:
-    """What `turnproof run` exits with for this verdict (its exit-code table)."""
-    if interrupted:
-        return 130
-    return 0 if verdict.ok else 1
+def selection_options(config: pytest.Config) -> dict[str, Any]:
+    """What chose the scenarios and shaped their outcomes, as given to this run."""
+    chosen: dict[str, Any] = {"requirements": sorted(options.wanted_requirements(config))}
+    for name in _OUTCOME_OPTIONS:
+        chosen[name] = config.getoption(name, None)
+    chosen["operation_timeout"] = options.setting(config, "operation_timeout")
+    return chosen
+
+
+def suite_version() -> dict[str, str]:
+    """turnproof's version and a digest of the shipped scenario modules: two runs judged by
+    the same suite only when both agree (an edited checkout keeps its version number)."""
+    import scenarios
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(scenarios.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return {"version": turnproof_version(), "digest": digest.hexdigest()[:16]}
 
 
 def turnproof_version() -> str:
