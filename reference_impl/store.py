@@ -52,6 +52,10 @@ USAGE_COLUMNS = (
 
 USAGE_FIELDS = tuple(f.name for f in fields(UsageIn))
 
+UNSTORABLE_VALUE_SQLSTATES = (None, "22P05", "22021")
+"""DataErrors of a parameter value that cannot be stored (NUL): psycopg's own check before
+sending (no SQLSTATE), untranslatable_character, character_not_in_repertoire."""
+
 BUMP_UPDATED_AT = "greatest(now(), updated_at + interval '1 microsecond')"
 """The new updated_at of a message write: the database clock, and strictly later than
 before even if two writes share a now() or the clock steps back (MSG-5)."""
@@ -141,17 +145,31 @@ class PgTurnStore:
     async def aclose(self) -> None:
         await self._conn.close()
 
+    async def _execute(self, sql: str, params: dict[str, Any]) -> psycopg.AsyncCursor[DictRow]:
+        """Run one statement; a value PostgreSQL cannot keep is the caller's InvalidArgument.
+
+        NUL (MSG-10): psycopg refuses it in a text parameter before sending anything (a
+        DataError without SQLSTATE), PostgreSQL refuses it in jsonb (22P05) or in text from
+        other clients (22021). Either way the statement failed whole: nothing was written.
+        """
+        try:
+            return await self._conn.execute(sql, params)
+        except psycopg.DataError as exc:
+            if exc.sqlstate in UNSTORABLE_VALUE_SQLSTATES:
+                raise InvalidArgument(f"a value the database cannot store: {exc}") from exc
+            raise
+
     async def _one(self, sql: str, params: dict[str, Any]) -> DictRow | None:
-        cur = await self._conn.execute(sql, params)
+        cur = await self._execute(sql, params)
         return await cur.fetchone()
 
     async def _all(self, sql: str, params: dict[str, Any]) -> list[DictRow]:
-        cur = await self._conn.execute(sql, params)
+        cur = await self._execute(sql, params)
         return await cur.fetchall()
 
     async def _changed(self, sql: str, params: dict[str, Any]) -> int:
         """Run a write and return how many rows it changed."""
-        cur = await self._conn.execute(sql, params)
+        cur = await self._execute(sql, params)
         return cur.rowcount
 
     # --- set-up ---------------------------------------------------------------------------

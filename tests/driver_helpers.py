@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,26 @@ MARK_VARIABLE = "TURNPROOF_TEST_MARK"
 BOUND = 20.0  # seconds: no wait of these tests may take longer
 
 
-def node_driver_command() -> list[str]:
-    """The Node.js example driver's command, its dependencies installed from the lockfile;
-    skips the test where node or npm is missing."""
+def installed_node_driver(directory: Path) -> list[str]:
+    """`node <directory>/driver.js`, its dependencies installed from the lockfile when
+    node_modules does not match it (one xdist worker at a time); skips the test where node
+    or npm is missing."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("the Node.js example driver needs node and npm on PATH (CI has them)")
-    if not (NODE_DRIVER / "node_modules" / "pg").is_dir():
-        subprocess.run([str(NODE_DRIVER / "install.sh")], check=True, timeout=300)
-    return [node, str(NODE_DRIVER / "driver.js")]
+        pytest.skip(f"the {directory.name} example needs node and npm on PATH (CI has them)")
+    lock_path = Path(tempfile.gettempdir()) / f"turnproof-npm-{directory.name}.lock"
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        installed = directory / "node_modules" / ".package-lock.json"
+        lockfile = directory / "package-lock.json"
+        if not installed.exists() or installed.stat().st_mtime < lockfile.stat().st_mtime:
+            subprocess.run([str(directory / "install.sh")], check=True, timeout=300)
+    return [node, str(directory / "driver.js")]
+
+
+def node_driver_command() -> list[str]:
+    """The node-postgres example driver's command."""
+    return installed_node_driver(NODE_DRIVER)
 
 
 def misbehaving(mode: str) -> list[str]:

@@ -164,9 +164,9 @@ async def test_contract_errors_cross_as_the_contracts_exceptions(worker, dsn):
             )
         with pytest.raises(InvalidArgument):
             await store.begin_run(chat_id="no-such-chat", workspace_id="w")
-        with pytest.raises(DriverOperationError, match="NUL") as other:
+        with pytest.raises(InvalidArgument, match="NUL") as refused:  # MSG-10d
             await store.create_chat(workspace_id="nul\x00")
-        assert not isinstance(other.value, ConnectionError), "a definite error, not indefinite"
+        assert not isinstance(refused.value, ConnectionError), "a definite error, not indefinite"
         assert await store.create_chat(workspace_id="w"), "the store is usable after errors"
     finally:
         await store.aclose()

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, Self
 
@@ -21,7 +19,7 @@ import examples.asyncpg_store  # noqa: F401
 from harness.contract import Clock
 from reference_impl.adapter import ReferenceAdapter
 from reference_impl.store import PgTurnStore
-from tests.driver_helpers import node_driver_command
+from tests.driver_helpers import installed_node_driver, node_driver_command
 
 POSTGRES_JS_DRIVER = Path(__file__).resolve().parents[1] / "examples" / "postgres-js-driver"
 LATE_STEP = "test_late_step_held_in_transit_is_a_no_op"
@@ -84,12 +82,7 @@ pinging_adapter = ReferenceAdapter(name="pinging", store_class=PingingStore)
 def postgres_js_command(*extra: str) -> str:
     """The postgres.js example driver's command, installed from its lockfile; skips the test
     where node or npm is missing."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("the postgres.js example driver needs node and npm on PATH (CI has them)")
-    if not (POSTGRES_JS_DRIVER / "node_modules" / "postgres").is_dir():
-        subprocess.run([str(POSTGRES_JS_DRIVER / "install.sh")], check=True, timeout=300)
-    return shlex.join([node, str(POSTGRES_JS_DRIVER / "driver.js"), *extra])
+    return shlex.join([*installed_node_driver(POSTGRES_JS_DRIVER), *extra])
 
 
 def adapter_args(client: str) -> list[str]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Self
 
@@ -77,6 +79,22 @@ async def _json_codecs(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+UNSTORABLE_VALUE_SQLSTATES = ("22021", "22P05")
+"""NUL in a text parameter (character_not_in_repertoire) or in jsonb (untranslatable_character)."""
+
+
+@contextmanager
+def storable_values() -> Iterator[None]:
+    """A value PostgreSQL refuses to store (NUL) is the caller's InvalidArgument; the
+    statement failed whole, so nothing was written (MSG-10)."""
+    try:
+        yield
+    except asyncpg.DataError as exc:
+        if exc.sqlstate in UNSTORABLE_VALUE_SQLSTATES:
+            raise InvalidArgument(f"a value the database cannot store: {exc}") from exc
+        raise
+
+
 def usage_args(usage: UsageIn | None) -> tuple[Any, ...]:
     """$7..$11 of finalize: the usage row's values, or NULLs when there is none."""
     if usage is None:
@@ -108,14 +126,17 @@ class AsyncpgTurnStore:
         await self._pool.close()
 
     async def _one(self, sql: str, *args: Any) -> asyncpg.Record | None:
-        return await self._pool.fetchrow(sql, *args)
+        with storable_values():
+            return await self._pool.fetchrow(sql, *args)
 
     async def _all(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        return await self._pool.fetch(sql, *args)
+        with storable_values():
+            return await self._pool.fetch(sql, *args)
 
     async def _changed(self, sql: str, *args: Any) -> int:
         """Run a write; how many rows it changed (from the command tag, 'UPDATE 3')."""
-        tag = await self._pool.execute(sql, *args)
+        with storable_values():
+            tag = await self._pool.execute(sql, *args)
         return int(tag.rsplit(" ", 1)[-1])
 
     # --- set-up ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Install the example driver's one dependency (pg) exactly as package-lock.json pins it.
+# Install the example driver's dependencies (pg, lossless-json) exactly as package-lock.json pins them.
 set -eu
 cd "$(dirname "$0")"
 npm ci --no-audit --no-fund

@@ -22,6 +22,7 @@
 'use strict'
 
 const readline = require('node:readline')
+const LosslessJSON = require('lossless-json')
 const postgres = require('postgres')
 
 const PROTOCOL_VERSION = 1
@@ -121,6 +122,30 @@ CREATE INDEX IF NOT EXISTS runs_active_by_age
 
 // --- values from PostgreSQL ---------------------------------------------------------
 
+// JSON numbers exactly (MSG-10): JSON.parse reads every number as a double, which turns
+// 9007199254740993 into 9007199254740992. A number of at most 15 significant digits and
+// an exponent below 100 is exactly a double, so text without a longer run of digits or a
+// three-digit exponent is read by JSON.parse (fast). Any other text goes through
+// lossless-json, which reads a number a double cannot hold as a LosslessNumber, its JSON
+// text, written back as that text. Every JSON this driver reads or writes goes through
+// these two: protocol lines, parts sent to and read from jsonb.
+const MAYBE_INEXACT = /[0-9.]{16,}|[eE][+-]?[0-9]{3}/
+const parseNumber = (text) =>
+  LosslessJSON.isSafeNumber(text) ? parseFloat(text) : new LosslessJSON.LosslessNumber(text)
+
+function parseJson (text) {
+  return MAYBE_INEXACT.test(text) ? LosslessJSON.parse(text, null, parseNumber) : JSON.parse(text)
+}
+
+function toJson (value) {
+  let exact = true
+  const text = JSON.stringify(value, (key, v) => {
+    if (LosslessJSON.isLosslessNumber(v)) exact = false
+    return v
+  })
+  return exact ? text : LosslessJSON.stringify(value)
+}
+
 // bigint arrives as text (it may not fit a JS number); ours always fit.
 function parseBigint (text) {
   const value = Number(text)
@@ -143,7 +168,7 @@ function parseTimestamptz (text) {
 const TYPES = {
   int8: { to: 20, from: [20], serialize: (x) => '' + x, parse: parseBigint },
   timestamptz: { to: 1184, from: [1184], serialize: (x) => x, parse: parseTimestamptz },
-  jsontext: { to: 3802, from: [114, 3802], serialize: (x) => x, parse: (x) => JSON.parse(x) }
+  jsontext: { to: 3802, from: [114, 3802], serialize: (x) => x, parse: parseJson }
 }
 
 // --- errors -------------------------------------------------------------------------
@@ -177,11 +202,18 @@ function wireError (err) {
 
 let sql = null // the connected store's pool
 
+// NUL in a text parameter (22021) or in jsonb (22P05): PostgreSQL cannot store it. The
+// statement failed whole, so nothing was written: the caller's InvalidArgument (MSG-10).
+const UNSTORABLE_VALUE = ['22021', '22P05']
+
 async function query (text, params = []) {
   try {
     const result = await sql.unsafe(text, params, { prepare: true })
     return { rows: Array.from(result), rowCount: result.count }
   } catch (err) {
+    if (UNSTORABLE_VALUE.includes(err.code)) {
+      throw new InvalidArgument(`a value the database cannot store: ${err.message}`)
+    }
     err.indefinite = outcomeUnknown(err)
     throw err
   }
@@ -231,7 +263,7 @@ async function insertLegacyMessage ({ chat_id, workspace_id, content }) {
      SELECT id, workspace_id, 'assistant', NULL, $3, $4::jsonb
        FROM chats WHERE id = $1 AND workspace_id = $2
      RETURNING id`,
-    [chat_id, workspace_id, content, JSON.stringify([{ type: 'text', text: content }])])
+    [chat_id, workspace_id, content, toJson([{ type: 'text', text: content }])])
   if (!row) throw new InvalidArgument(`no chat ${chat_id} in workspace ${workspace_id}`)
   return row.id
 }
@@ -248,7 +280,7 @@ async function persistTurn ({ chat_id, workspace_id, turn_id, role, status, cont
        FROM chats WHERE id = $1 AND workspace_id = $2
      ON CONFLICT (chat_id, turn_id, role) WHERE turn_id IS NOT NULL DO NOTHING
      RETURNING id`,
-    [...params, status, content, JSON.stringify(parts)])
+    [...params, status, content, toJson(parts)])
   if (inserted) return inserted.id
   const existing = await one( // the turn already exists, or there is no such chat here
     `SELECT id FROM messages
@@ -284,7 +316,7 @@ async function appendStep ({ message_id, workspace_id, content, parts }) {
   return (await changed(
     `UPDATE messages SET content = $3, parts = $4::jsonb, updated_at = ${BUMP_UPDATED_AT}
       WHERE id = $1 AND workspace_id = $2 AND status = 'streaming'`,
-    [message_id, workspace_id, content, JSON.stringify(parts)])) > 0
+    [message_id, workspace_id, content, toJson(parts)])) > 0
 }
 
 // The broken variant: the guard is read first and the write does not repeat it, so a
@@ -296,7 +328,7 @@ async function readThenWriteStep ({ message_id, workspace_id, content, parts }) 
   return (await changed(
     `UPDATE messages SET content = $3, parts = $4::jsonb, updated_at = ${BUMP_UPDATED_AT}
       WHERE id = $1 AND workspace_id = $2`,
-    [message_id, workspace_id, content, JSON.stringify(parts)])) > 0
+    [message_id, workspace_id, content, toJson(parts)])) > 0
 }
 
 // Message and usage in one statement, so neither lands without the other. No status
@@ -323,7 +355,7 @@ async function finalize ({ message_id, workspace_id, status, content, parts, usa
        ON CONFLICT (message_id) WHERE message_id IS NOT NULL DO NOTHING
      )
      SELECT count(*)::int AS n FROM upd`,
-    [message_id, workspace_id, status, content, JSON.stringify(finished), usage !== null,
+    [message_id, workspace_id, status, content, toJson(finished), usage !== null,
       ...values])
   return row.n > 0
 }
@@ -510,19 +542,19 @@ function isUsage (v) {
 function parseRequest (line) {
   let message
   try {
-    message = JSON.parse(line)
+    message = parseJson(line)
   } catch (err) {
     throw new ProtocolError(`not a JSON line (${err.message})`)
   }
   if (!isObject(message)) throw new ProtocolError('a request must be a JSON object')
   const id = message.id
   if (!Number.isSafeInteger(id) || id < 1) {
-    throw new ProtocolError(`id: expected a positive integer, got ${JSON.stringify(id)}`)
+    throw new ProtocolError(`id: expected a positive integer, got ${toJson(id)}`)
   }
   try {
     exactKeys(message, ['id', 'op', 'args'], 'request')
     if (typeof message.op !== 'string' || !Object.hasOwn(REQUESTS, message.op)) {
-      throw new ProtocolError(`unknown op ${JSON.stringify(message.op)}`)
+      throw new ProtocolError(`unknown op ${toJson(message.op)}`)
     }
     const spec = REQUESTS[message.op]
     if (!isObject(message.args)) throw new ProtocolError('args: expected an object')
@@ -554,7 +586,7 @@ function admit ({ id, op }) {
 }
 
 function send (message) {
-  process.stdout.write(JSON.stringify(message) + '\n')
+  process.stdout.write(toJson(message) + '\n')
 }
 
 function log (text) {
