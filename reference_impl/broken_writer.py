@@ -1,16 +1,17 @@
 """Deliberately broken variants of the reference streaming writer, one bug each (CW-1 .. CW-7).
 
-Each breaks exactly the requirement its docstring names and is otherwise the reference
-writer, so a run against it must fail that requirement's scenarios and no other. Load
-one as `reference_impl.broken_writer:<attribute>`, e.g.
-`reference_impl.broken_writer:writes_every_delta`. Never use them for anything else.
+Each breaks exactly the clause its declaration names (`breaks`, with the `channel` through
+which the suite catches it) and is otherwise the reference writer, so a run against it must
+fail that clause's scenarios and no other. Load one as
+`reference_impl.broken_writer:<attribute>`, e.g. `reference_impl.broken_writer:writes_every_delta`.
+Never use them for anything else.
 """
 
 from __future__ import annotations
 
 from psycopg.types.json import Jsonb
 
-from reference_impl.adapter import ReferenceAdapter
+from reference_impl.broken_variant import BrokenVariant, Channel
 from reference_impl.store import BUMP_UPDATED_AT, PgTurnStore
 from reference_impl.stream_writer import Parts, Pending, PgStreamWriter
 
@@ -48,9 +49,14 @@ class FlushAllDirtyOnly(PgStreamWriter):
 
 
 class DeleteLeavesTimerArmed(PgStreamWriter):
-    """CW-5: delete forgets the id but leaves its timer armed, which then writes it."""
+    """CW-5a: delete of an id with no write in flight forgets the id but leaves its timer
+    armed, which then writes it."""
 
     async def delete(self, message_id: str, workspace_id: str) -> None:
+        pending = self._pending.get(message_id)
+        if pending is not None and pending.lock.locked():
+            await super().delete(message_id, workspace_id)
+            return
         self._pending.pop(message_id, None)
         await self._store.delete_message(message_id=message_id, workspace_id=workspace_id)
 
@@ -79,29 +85,43 @@ class UpdatesSkipTheGuard(PgStreamWriter):
         )
 
 
-def _with_writer(name: str, writer_class: type[PgStreamWriter]) -> ReferenceAdapter:
+class DeleteSparesWritesInFlight(PgStreamWriter):
+    """CW-5b: delete of an id whose write is in flight deletes the row only, trusting that
+    write to finish the id: the newer state pending behind it stays, and a flush writes it."""
+
+    async def delete(self, message_id: str, workspace_id: str) -> None:
+        pending = self._pending.get(message_id)
+        if pending is not None and pending.lock.locked():
+            await self._store.delete_message(message_id=message_id, workspace_id=workspace_id)
+            return
+        await super().delete(message_id, workspace_id)
+
+
+class DebounceDropsOpenReasoning(PgStreamWriter):
+    """CW-6: a debounced write leaves out the reasoning parts not finished yet (they will
+    change anyway), so a flushed row lacks what a debounce-0 writer leaves."""
+
+    async def _write_step(
+        self, message_id: str, workspace_id: str, content: str, parts: Parts
+    ) -> None:
+        if self._debounce > 0:
+            parts = [p for p in parts if p.get("type") != "reasoning" or p.get("finished")]
+        await super()._write_step(message_id, workspace_id, content, parts)
+
+
+def _with_writer(
+    writer_class: type[PgStreamWriter], breaks: str, channel: Channel
+) -> BrokenVariant:
     """The reference adapter, its stores opening `writer_class` as their writer."""
-    store_class = type(
-        f"{writer_class.__name__}Store", (PgTurnStore,), {"writer_class": writer_class}
-    )
-    return ReferenceAdapter(name=f"broken-{name.replace('_', '-')}", store_class=store_class)
+    store_class = type(writer_class.__name__, (PgTurnStore,), {"writer_class": writer_class})
+    return BrokenVariant(store_class, breaks=(breaks,), channel=channel)
 
 
-writes_every_delta = _with_writer("writes_every_delta", WritesEveryDelta)
-structural_waits_for_timer = _with_writer("structural_waits_for_timer", StructuralWaitsForTimer)
-flush_returns_while_in_flight = _with_writer(
-    "flush_returns_while_in_flight", FlushReturnsWhileInFlight
-)
-flush_all_dirty_only = _with_writer("flush_all_dirty_only", FlushAllDirtyOnly)
-delete_leaves_timer_armed = _with_writer("delete_leaves_timer_armed", DeleteLeavesTimerArmed)
-updates_skip_the_guard = _with_writer("updates_skip_the_guard", UpdatesSkipTheGuard)
-
-VARIANTS: dict[str, str] = {
-    "writes_every_delta": "CW-1",
-    "structural_waits_for_timer": "CW-2",
-    "flush_returns_while_in_flight": "CW-3",
-    "flush_all_dirty_only": "CW-4",
-    "delete_leaves_timer_armed": "CW-5",
-    "updates_skip_the_guard": "CW-7",
-}
-"""Each variant's attribute name and the one requirement it breaks."""
+writes_every_delta = _with_writer(WritesEveryDelta, "CW-1a", "sequential")
+structural_waits_for_timer = _with_writer(StructuralWaitsForTimer, "CW-2a", "sequential")
+flush_returns_while_in_flight = _with_writer(FlushReturnsWhileInFlight, "CW-3a", "network")
+flush_all_dirty_only = _with_writer(FlushAllDirtyOnly, "CW-4a", "network")
+delete_leaves_timer_armed = _with_writer(DeleteLeavesTimerArmed, "CW-5a", "sequential")
+updates_skip_the_guard = _with_writer(UpdatesSkipTheGuard, "CW-7a", "network")
+delete_spares_writes_in_flight = _with_writer(DeleteSparesWritesInFlight, "CW-5b", "network")
+debounce_drops_open_reasoning = _with_writer(DebounceDropsOpenReasoning, "CW-6a", "sequential")

@@ -62,7 +62,7 @@ def assert_database_time(value: datetime, before: datetime, after: datetime, wha
 # --- MSG-1 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("MSG-1")
+@pytest.mark.requirement("MSG-1a", "MSG-1b", "MSG-1c", "MSG-1d")
 async def test_repeated_user_turn_returns_same_id_and_keeps_first_text(store):
     """Repeating persist_user_turn with one turn id returns one id, one row, the first text."""
     ws = new_workspace()
@@ -94,7 +94,7 @@ async def test_repeated_user_turn_returns_same_id_and_keeps_first_text(store):
         assert later not in stored, f"a repeated call's {later!r} reached the row: {stored}"
 
 
-@pytest.mark.requirement("MSG-1")
+@pytest.mark.requirement("MSG-1a", "MSG-1b", "MSG-1d")
 async def test_repeated_user_turn_from_another_replica_returns_same_id(store, open_store):
     """A retry of persist_user_turn through another replica finds the same row."""
     ws = new_workspace()
@@ -114,7 +114,7 @@ async def test_repeated_user_turn_from_another_replica_returns_same_id(store, op
     )
 
 
-@pytest.mark.requirement("MSG-1")
+@pytest.mark.requirement("MSG-1e")
 async def test_user_turn_idempotency_is_per_chat_and_turn(store):
     """The same turn id in another chat, or another turn id, makes a row of its own."""
     ws = new_workspace()
@@ -147,7 +147,7 @@ async def test_user_turn_idempotency_is_per_chat_and_turn(store):
 # --- MSG-2 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("MSG-2")
+@pytest.mark.requirement("MSG-2a", "MSG-2b")
 @pytest.mark.parametrize("turn_id", ["", None], ids=["empty", "missing"])
 @pytest.mark.parametrize("op", PERSIST_OPS)
 async def test_no_turn_id_returns_none_and_writes_nothing(store, op, turn_id):
@@ -164,7 +164,7 @@ async def test_no_turn_id_returns_none_and_writes_nothing(store, op, turn_id):
 # --- MSG-3 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("MSG-3")
+@pytest.mark.requirement("MSG-3a")
 async def test_assistant_shell_is_an_empty_assistant_row(store):
     """persist_assistant_shell makes an assistant row of the turn with no text yet."""
     ws = new_workspace()
@@ -187,7 +187,7 @@ async def test_assistant_shell_is_an_empty_assistant_row(store):
     assert is_empty_parts(row.parts), f"a fresh shell must carry no text, got parts {row.parts}"
 
 
-@pytest.mark.requirement("MSG-3")
+@pytest.mark.requirement("MSG-3b")
 @pytest.mark.capability("streaming")
 async def test_assistant_shell_is_streaming(store):
     """A fresh assistant shell has status 'streaming'."""
@@ -198,7 +198,7 @@ async def test_assistant_shell_is_streaming(store):
     )
 
 
-@pytest.mark.requirement("MSG-3")
+@pytest.mark.requirement("MSG-3c")
 async def test_repeated_assistant_shell_returns_same_id_and_one_row(store, open_store):
     """Repeating persist_assistant_shell (also via another replica) gives one id and one row."""
     ws = new_workspace()
@@ -221,7 +221,7 @@ async def test_repeated_assistant_shell_returns_same_id_and_one_row(store, open_
     )
 
 
-@pytest.mark.requirement("MSG-1", "MSG-3")
+@pytest.mark.requirement("MSG-1a", "MSG-1e", "MSG-3c")
 async def test_user_and_assistant_rows_of_one_turn_are_distinct(store):
     """One turn id keys one user row and one assistant row, in either order, each idempotent."""
     ws = new_workspace()
@@ -256,7 +256,7 @@ async def test_user_and_assistant_rows_of_one_turn_are_distinct(store):
 # --- MSG-4 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("MSG-4")
+@pytest.mark.requirement("MSG-4a")
 async def test_append_step_applies_while_streaming(store):
     """append_step on a streaming row returns True and stores the step's content and parts."""
     turn = await streaming_turn(store)
@@ -277,7 +277,7 @@ async def test_append_step_applies_while_streaming(store):
     )
 
 
-@pytest.mark.requirement("MSG-4")
+@pytest.mark.requirement("MSG-4b")
 @pytest.mark.parametrize("status", TERMINAL_MESSAGE_STATUSES)
 async def test_late_step_after_finalize_changes_nothing(store, status):
     """Once finalized, a late append_step returns False and leaves the row exactly as it was."""
@@ -311,7 +311,7 @@ async def test_late_step_after_finalize_changes_nothing(store, status):
     )
 
 
-@pytest.mark.requirement("MSG-4")
+@pytest.mark.requirement("MSG-4b")
 async def test_step_on_legacy_row_changes_nothing(store):
     """append_step on a legacy NULL-status row returns False and leaves it as it was."""
     ws = new_workspace()
@@ -336,7 +336,7 @@ async def test_step_on_legacy_row_changes_nothing(store):
 # --- MSG-5 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("MSG-5")
+@pytest.mark.requirement("MSG-5b")
 async def test_append_step_moves_updated_at_forward(store):
     """Every append_step on a streaming row moves updated_at strictly forward."""
     turn = await streaming_turn(store)
@@ -357,7 +357,7 @@ async def test_append_step_moves_updated_at_forward(store):
         previous = current
 
 
-@pytest.mark.requirement("MSG-5")
+@pytest.mark.requirement("MSG-5a", "MSG-5b")
 @pytest.mark.parametrize("offset", [SKEW, -SKEW], ids=["replica-ahead", "replica-behind"])
 async def test_message_writes_take_updated_at_from_database_clock(open_store, db_clock, offset):
     """persist, append_step and finalize by a replica with a wrong clock stamp database time."""
@@ -418,7 +418,7 @@ async def test_message_writes_take_updated_at_from_database_clock(open_store, db
     )
 
 
-@pytest.mark.requirement("MSG-5")
+@pytest.mark.requirement("MSG-5a")
 @pytest.mark.capability("sweep")
 async def test_sweep_takes_updated_at_from_database_clock(store, open_store, db_clock):
     """A sweep by a replica whose clock runs ahead stamps the aborted row with database time."""
@@ -439,7 +439,7 @@ async def test_sweep_takes_updated_at_from_database_clock(store, open_store, db_
 # --- MSG-6 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("MSG-6")
+@pytest.mark.requirement("MSG-6a")
 @pytest.mark.parametrize("status", TERMINAL_MESSAGE_STATUSES)
 async def test_finalize_sets_status_content_and_parts(store, status):
     """finalize of a streaming row returns True and stores exactly the given status, text, parts."""
@@ -460,7 +460,7 @@ async def test_finalize_sets_status_content_and_parts(store, status):
     )
 
 
-@pytest.mark.requirement("MSG-6")
+@pytest.mark.requirement("MSG-6a", "MSG-6b")
 @pytest.mark.capability("sweep")
 async def test_finalize_wins_over_a_sweep(store, db_clock):
     """finalize of a row a sweep already marked aborted sets the finalize's status and text."""
@@ -492,7 +492,7 @@ async def test_finalize_wins_over_a_sweep(store, db_clock):
     )
 
 
-@pytest.mark.requirement("MSG-6")
+@pytest.mark.requirement("MSG-6c")
 async def test_second_finalize_overwrites(store):
     """A second (and third) finalize overwrites status, content and parts again."""
     turn = await streaming_turn(store)
@@ -513,7 +513,7 @@ async def test_second_finalize_overwrites(store):
         )
 
 
-@pytest.mark.requirement("MSG-6")
+@pytest.mark.requirement("MSG-6d")
 @pytest.mark.parametrize(
     "status", ["streaming", "pending", "succeeded", "done", "", "COMPLETED", " completed"]
 )
@@ -540,7 +540,7 @@ async def test_finalize_rejects_unknown_status(store, status):
     )
 
 
-@pytest.mark.requirement("MSG-6")
+@pytest.mark.requirement("MSG-6d")
 @pytest.mark.capability("usage")
 async def test_finalize_with_unknown_status_writes_no_usage(store):
     """A finalize rejected for its status writes no usage row either."""
@@ -564,7 +564,7 @@ async def test_finalize_with_unknown_status_writes_no_usage(store):
 # --- MSG-7 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("MSG-7")
+@pytest.mark.requirement("MSG-7a")
 @pytest.mark.parametrize("status", TERMINAL_MESSAGE_STATUSES)
 async def test_empty_finalize_stores_no_text_marker(store, status):
     """finalize with empty content and no parts stores the single '(no text response)' part."""
@@ -584,7 +584,7 @@ async def test_empty_finalize_stores_no_text_marker(store, status):
     )
 
 
-@pytest.mark.requirement("MSG-7")
+@pytest.mark.requirement("MSG-7b")
 async def test_marker_only_when_there_is_nothing(store):
     """A finalize with text but no parts, or parts but no text, gets no status marker."""
     text_only = await streaming_turn(store)
@@ -622,7 +622,7 @@ async def test_marker_only_when_there_is_nothing(store):
 # --- MSG-8 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("MSG-8")
+@pytest.mark.requirement("MSG-8a")
 async def test_finalize_of_missing_message_returns_false(store):
     """finalize of a message id that names nothing returns False and does not raise."""
     turn = await streaming_turn(store)
@@ -644,7 +644,7 @@ async def test_finalize_of_missing_message_returns_false(store):
     )
 
 
-@pytest.mark.requirement("MSG-8")
+@pytest.mark.requirement("MSG-8a", "MSG-8b")
 @pytest.mark.capability("usage")
 async def test_finalize_of_missing_message_writes_no_usage(store):
     """finalize with usage of a message that does not exist returns False and writes no usage."""
@@ -663,7 +663,7 @@ async def test_finalize_of_missing_message_writes_no_usage(store):
     assert usage == [], f"expected no usage for a missing message, found {usage}"
 
 
-@pytest.mark.requirement("MSG-8", "WS-1")
+@pytest.mark.requirement("MSG-8a", "MSG-8b", "WS-1b")
 @pytest.mark.capability("usage")
 async def test_finalize_in_other_workspace_returns_false_and_writes_no_usage(store):
     """finalize of a real message under another workspace id returns False, writes nothing."""
@@ -692,7 +692,7 @@ async def test_finalize_in_other_workspace_returns_false_and_writes_no_usage(sto
 # --- MSG-9 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("MSG-9")
+@pytest.mark.requirement("MSG-9a")
 @pytest.mark.parametrize("op", PERSIST_OPS)
 async def test_persist_on_missing_chat_returns_none(store, op):
     """A persist on a chat id that names nothing returns None and writes no row."""
@@ -710,7 +710,7 @@ async def test_persist_on_missing_chat_returns_none(store, op):
         )
 
 
-@pytest.mark.requirement("MSG-9", "WS-1")
+@pytest.mark.requirement("MSG-9b", "WS-1b")
 @pytest.mark.parametrize("op", PERSIST_OPS)
 async def test_persist_on_foreign_chat_returns_none(store, op):
     """A persist on another workspace's chat returns None and writes no row anywhere."""

@@ -32,8 +32,8 @@ from harness.pytest_plugin.network_faults import FaultyReplica
 from .support import (
     ACTIVE_RUN_STATUSES,
     FINAL,
-    FRESH_FOR,
     USAGE_A,
+    SweepPremise,
     Turn,
     assistant_row,
     describe_error,
@@ -41,6 +41,7 @@ from .support import (
     new_turn_id,
     new_workspace,
     streaming_turn,
+    sweep_premise,
     text_parts,
     usage_values,
 )
@@ -179,7 +180,7 @@ async def finalize_landed_whole_or_not_at_all(
 # MSG-4: the late step, held in transit while another replica finalizes ---------------
 
 
-@pytest.mark.requirement("MSG-4")
+@pytest.mark.requirement("MSG-4c")
 @pytest.mark.capability("network")
 async def test_late_step_held_in_transit_is_a_no_op(faulty_store, open_store, db_clock):
     """A step held in transit by a latency toxic until another replica finalized changes nothing."""
@@ -462,7 +463,7 @@ def server_answered(fault: WireFault, replica: FaultyReplica, first_seq: int) ->
     return fault.toxic != "timeout"
 
 
-@pytest.mark.requirement("DUR-4")
+@pytest.mark.requirement("DUR-4a")
 @pytest.mark.capability("network")
 @pytest.mark.parametrize("fault", WIRE_FAULTS, ids=fault_id)
 @pytest.mark.parametrize("make", OPERATIONS)
@@ -491,7 +492,7 @@ async def test_retry_after_a_lost_request_or_answer_converges(
     await operation.retry_converges(healthy)
 
 
-@pytest.mark.requirement("DUR-4")
+@pytest.mark.requirement("DUR-4a")
 @pytest.mark.capability("network")
 @pytest.mark.needs_gate
 @pytest.mark.parametrize("make", OPERATIONS)
@@ -538,7 +539,7 @@ async def count_statements(faulty_store, healthy: TurnStore, operation: Retried)
 DOWNSTREAM_FAULTS = [f for f in WIRE_FAULTS if f.answer_lost]
 
 
-@pytest.mark.requirement("DUR-2")
+@pytest.mark.requirement("DUR-2a")
 @pytest.mark.capability("network", "streaming", "usage")
 @pytest.mark.parametrize("fault", DOWNSTREAM_FAULTS, ids=fault_id)
 async def test_finalize_cut_on_the_wire_lands_whole_or_not_at_all(faulty_store, open_store, fault):
@@ -618,7 +619,7 @@ async def step_landed_whole_or_not_at_all(
     return whole
 
 
-@pytest.mark.requirement("DUR-2")
+@pytest.mark.requirement("DUR-2a")
 @pytest.mark.capability("network", "streaming")
 @pytest.mark.needs_gate
 @pytest.mark.parametrize(
@@ -664,7 +665,7 @@ async def executed_before_commit(gate: StatementGate, seq: int) -> StatementEven
     return event
 
 
-@pytest.mark.requirement("DUR-2")
+@pytest.mark.requirement("DUR-2a")
 @pytest.mark.capability("network", "streaming", "usage")
 async def test_proxy_down_between_operations_keeps_the_turn_whole(faulty_store, open_store):
     """The proxy down between operations: they fail and change nothing; once up, the turn ends."""
@@ -746,7 +747,7 @@ SHAPINGS = [
 ]
 
 
-@pytest.mark.requirement("DUR-2")
+@pytest.mark.requirement("DUR-2a")
 @pytest.mark.capability("network", "streaming")
 @pytest.mark.parametrize("shaping", SHAPINGS, ids=lambda s: s.toxic)
 async def test_large_parts_arrive_intact_through_a_shaped_link(faulty_store, open_store, shaping):
@@ -792,7 +793,7 @@ async def test_large_parts_arrive_intact_through_a_shaped_link(faulty_store, ope
     )
 
 
-@pytest.mark.requirement("DUR-2")
+@pytest.mark.requirement("DUR-2a")
 @pytest.mark.capability("network", "streaming")
 async def test_large_step_cut_midway_changes_nothing(faulty_store, open_store):
     """A 1 MB step whose link closes part-way through its request changes nothing."""
@@ -825,35 +826,42 @@ async def test_large_step_cut_midway_changes_nothing(faulty_store, open_store):
 # SWP-5: a sweep delayed in transit ---------------------------------------------------
 
 
-@pytest.mark.requirement("SWP-5")
+@pytest.mark.requirement("SWP-5b")
 @pytest.mark.capability("network", "streaming")
 async def test_sweep_delayed_in_transit_is_judged_on_arrival(faulty_store, open_store, db_clock):
     """A sweep sent while a row was fresh and held until it was stale judges it on arrival."""
     healthy = await open_store(name="healthy")
     sweeper = await connected(faulty_store, "sweeper")
-    sweep_seq = len(sweeper.gate.events) + 1 if sweeper.has_gate else 0
-    held = sweeper.add_toxic("latency", stream="upstream", latency=HOLD_MS)
-    overdue = await streaming_turn(healthy)
-    written = (await assistant_row(healthy, overdue)).updated_at
 
-    sent = written
-    async with in_background(sweeper.store.sweep_streaming(older_than=FRESH_FOR)) as sweep:
-        if sweeper.has_gate:  # the sweep is on the wire while the row is still fresh
-            await sweeper.gate.wait_sent(sweep_seq)
-            sent = await db_clock.now()
-        await db_clock.let_pass(FRESH_FOR)  # the row is stale by the database clock now
-        async with db_clock.within(FRESH_FOR):
+    async def attempt(timing: SweepPremise):
+        """The sweep's threshold is the gap: the row is fresh when it is sent, stale (the gap
+        passed) when it arrives, and the rows written after the gap are fresh then."""
+        sweep_seq = len(sweeper.gate.events) + 1 if sweeper.has_gate else 0
+        held = sweeper.add_toxic("latency", stream="upstream", latency=HOLD_MS)
+        overdue = await streaming_turn(healthy)
+        written = (await assistant_row(healthy, overdue)).updated_at
+        sent = written
+        async with in_background(sweeper.store.sweep_streaming(older_than=timing.gap)) as sweep:
+            if sweeper.has_gate:  # the sweep is on the wire while the row is still fresh
+                await sweeper.gate.wait_sent(sweep_seq)
+                sent = await db_clock.now()
+            await timing.pass_gap()  # the row is stale by the database clock now
             fresh = await streaming_turn(healthy)
             fresh_before = await assistant_row(healthy, fresh)
             answered_while_held = sweep.done
             sweeper.remove_toxic(held)
             await sweep.ended.wait()
+        await timing.fresh_at(timing.gap)
+        timing.require(
+            sent - written < timing.gap,
+            f"the row had to be fresh when the sweep was sent, but it was {sent - written} old",
+        )
+        return overdue, fresh, fresh_before, answered_while_held, sweep
 
-    premise(not answered_while_held, "the sweep completed while its bytes were held")
-    premise(
-        sent - written < FRESH_FOR,
-        f"the row had to be fresh when the sweep was sent, but it was {sent - written} old",
+    overdue, fresh, fresh_before, answered_while_held, sweep = await sweep_premise(
+        db_clock, attempt, settle=[healthy.sweep_streaming]
     )
+    premise(not answered_while_held, "the sweep completed while its bytes were held")
     swept = returned(sweep, "the delayed sweep")
     overdue_after = await assistant_row(healthy, overdue)
     assert overdue_after.status == "aborted", (

@@ -17,14 +17,14 @@ from scenarios.races import (
 pytestmark = [pytest.mark.anyio, pytest.mark.capability("turns")]
 
 
-@pytest.mark.requirement("RUN-1")
+@pytest.mark.requirement("RUN-1c")
 @pytest.mark.parametrize("count", range(2, 9), ids=lambda n: f"{n}-begins")
 async def test_concurrent_begins_have_one_winner(race_engine, count):
     """N begins on one chat: one run, N-1 RunAlreadyActive, never two active runs."""
     await race_engine.explore(concurrent_begins(count))
 
 
-@pytest.mark.requirement("RUN-3")
+@pytest.mark.requirement("RUN-3a")
 @pytest.mark.capability("network")
 @pytest.mark.parametrize(
     "fault",
@@ -41,7 +41,7 @@ async def test_waiting_begin_wins_when_the_winner_dies(race_engine, fault):
     await race_engine.explore(race, schedules=fault_after_each_winner_step(fault))
 
 
-@pytest.mark.requirement("RUN-2")
+@pytest.mark.requirement("RUN-2b")
 @pytest.mark.capability("network")
 @pytest.mark.parametrize(
     "fault", ["cut", "terminate"], ids=["connection-cut", "backend-terminated"]

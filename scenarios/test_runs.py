@@ -12,9 +12,9 @@ from harness import InvalidArgument, Run, RunAlreadyActive, TurnStore
 
 from .support import (
     ACTIVE_RUN_STATUSES,
-    FRESH_FOR,
     SKEW,
     TERMINAL_RUN_STATUSES,
+    SweepPremise,
     assert_not_run_already_active,
     begin_failure,
     missing_id_like,
@@ -22,6 +22,7 @@ from .support import (
     raised_by,
     skewed_clock,
     streaming_turn,
+    sweep_premise,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.capability("turns")]
@@ -95,7 +96,7 @@ async def assert_no_run(store: TurnStore, chat: str, ws: str, why: str) -> None:
 # --- RUN-1 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("RUN-1")
+@pytest.mark.requirement("RUN-1a")
 async def test_begin_starts_an_active_run(store):
     """begin_run returns an active run of the chat with no steps, no link and no stop request."""
     ws, chat = await new_chat(store)
@@ -115,7 +116,7 @@ async def test_begin_starts_an_active_run(store):
     )
 
 
-@pytest.mark.requirement("RUN-1")
+@pytest.mark.requirement("RUN-1b")
 async def test_second_begin_raises_run_already_active(store, open_store):
     """While a run is active, begin_run on that chat (any replica) raises RunAlreadyActive."""
     ws, chat = await new_chat(store)
@@ -136,7 +137,7 @@ async def test_second_begin_raises_run_already_active(store, open_store):
     )
 
 
-@pytest.mark.requirement("RUN-1")
+@pytest.mark.requirement("RUN-1d")
 async def test_one_active_run_rule_is_per_chat(store):
     """Other chats, in the same workspace or not, can each have their own active run."""
     ws, chat_1 = await new_chat(store)
@@ -157,7 +158,7 @@ async def test_one_active_run_rule_is_per_chat(store):
 # --- RUN-2 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("RUN-2")
+@pytest.mark.requirement("RUN-2a")
 async def test_begin_on_missing_chat_is_not_a_conflict(store):
     """begin_run on a chat that does not exist raises its own error and leaves no run."""
     ws, chat = await new_chat(store)
@@ -167,7 +168,7 @@ async def test_begin_on_missing_chat_is_not_a_conflict(store):
     await assert_no_run(store, missing, ws, "the begin on a missing chat failed")
 
 
-@pytest.mark.requirement("RUN-2", "WS-1")
+@pytest.mark.requirement("RUN-2a", "WS-1b")
 async def test_begin_in_other_workspace_is_not_a_conflict(store):
     """begin_run on another workspace's chat raises its own error and leaves no run behind."""
     ws, chat = await new_chat(store)
@@ -186,7 +187,7 @@ async def test_begin_in_other_workspace_is_not_a_conflict(store):
 # --- RUN-4 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("RUN-4")
+@pytest.mark.requirement("RUN-4a", "RUN-4b")
 @pytest.mark.parametrize("status", TERMINAL_RUN_STATUSES)
 async def test_finish_run_ends_the_run_once(store, status):
     """finish_run ends an active run (True); again it returns False and changes nothing."""
@@ -207,7 +208,7 @@ async def test_finish_run_ends_the_run_once(store, status):
     )
 
 
-@pytest.mark.requirement("RUN-4")
+@pytest.mark.requirement("RUN-4c")
 @pytest.mark.parametrize("status", TERMINAL_RUN_STATUSES)
 async def test_begin_after_finish_starts_a_new_run(store, status):
     """After finish_run, a new begin_run on the chat succeeds with a new run."""
@@ -219,7 +220,7 @@ async def test_begin_after_finish_starts_a_new_run(store, status):
     await assert_active(store, second, "it was begun after the first finished")
 
 
-@pytest.mark.requirement("RUN-4")
+@pytest.mark.requirement("RUN-4a")
 @pytest.mark.parametrize("status", ["pending", "running", "completed", "done", "", "SUCCEEDED"])
 async def test_finish_run_rejects_unknown_status(store, status):
     """finish_run with a non-terminal or unknown status raises InvalidArgument, no change."""
@@ -241,7 +242,7 @@ async def test_finish_run_rejects_unknown_status(store, status):
 # --- RUN-5 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("RUN-5")
+@pytest.mark.requirement("RUN-5a")
 async def test_request_stop_flags_without_ending(store):
     """request_stop marks an active run stop-requested; it stays active until finished."""
     ws, chat = await new_chat(store)
@@ -257,7 +258,7 @@ async def test_request_stop_flags_without_ending(store):
     assert ended.status == "aborted", f"expected the run 'aborted', found {describe_run(ended)}"
 
 
-@pytest.mark.requirement("RUN-5")
+@pytest.mark.requirement("RUN-5b")
 @pytest.mark.parametrize("status", TERMINAL_RUN_STATUSES)
 async def test_request_stop_on_terminal_run_returns_false(store, status):
     """request_stop on a finished run returns False and changes nothing."""
@@ -276,7 +277,7 @@ async def test_request_stop_on_terminal_run_returns_false(store, status):
     )
 
 
-@pytest.mark.requirement("RUN-5")
+@pytest.mark.requirement("RUN-5c")
 async def test_disconnect_does_not_end_the_run(adapter, turn_dsn, store):
     """A replica that begins a run and disconnects leaves the run active and not stop-requested."""
     ws, chat = await new_chat(store)
@@ -293,10 +294,32 @@ async def test_disconnect_does_not_end_the_run(adapter, turn_dsn, store):
     await finished(store, run, "failed")
 
 
+@pytest.mark.requirement("RUN-5d", "RUN-5a")
+async def test_stop_request_survives_later_writes_to_the_run(store):
+    """Once requested, the stop stays set through record_step, link_assistant and a second
+    request_stop, as latest_run reads it after each (a toggling or resetting write clears it)."""
+    turn = await streaming_turn(store)
+    run = await store.begin_run(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
+    stopped = await store.request_stop(run_id=run.id)
+    assert stopped is True, f"expected request_stop of an active run to return True: {stopped!r}"
+    writes = (
+        ("record_step", lambda: stepped(store, run)),
+        ("link_assistant", lambda: linked(store, run, turn.assistant_message_id)),
+        ("a second request_stop", lambda: store.request_stop(run_id=run.id)),
+        ("record_step again", lambda: stepped(store, run)),
+    )
+    for what, write in writes:
+        await write()
+        current = await assert_active(store, run, f"only its owner ends it, also after {what}")
+        assert current.stop_requested is True, (
+            f"expected the stop request still set after {what}, found {describe_run(current)}"
+        )
+
+
 # --- RUN-6 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("RUN-6")
+@pytest.mark.requirement("RUN-6a")
 async def test_latest_run_carries_link_and_step_count(store):
     """latest_run shows the linked assistant message and the number of recorded steps."""
     turn = await streaming_turn(store)
@@ -318,7 +341,7 @@ async def test_latest_run_carries_link_and_step_count(store):
     ), f"expected the finished run to keep its link and 3 steps, found {describe_run(ended)}"
 
 
-@pytest.mark.requirement("RUN-6")
+@pytest.mark.requirement("RUN-6a", "RUN-6b", "RUN-4c")
 async def test_latest_run_is_the_newest(store):
     """Of several runs of a chat, latest_run returns the newest, with its own link and steps."""
     ws, chat = await new_chat(store)
@@ -343,7 +366,7 @@ async def test_latest_run_is_the_newest(store):
     )
 
 
-@pytest.mark.requirement("RUN-6")
+@pytest.mark.requirement("RUN-6b")
 async def test_latest_run_order_follows_database_clock(open_store):
     """A run begun later is the latest even when its replica's clock runs far behind."""
     ahead = await open_store(clock=skewed_clock(SKEW), name="replica-ahead")
@@ -360,35 +383,67 @@ async def test_latest_run_order_follows_database_clock(open_store):
         )
 
 
-@pytest.mark.requirement("RUN-6")
+@pytest.mark.requirement("RUN-6d")
 async def test_latest_run_of_chat_without_runs_is_none(store):
-    """latest_run of a chat that never had a run returns None."""
+    """latest_run of a chat that never had a run returns None, also when another chat of
+    its workspace has one."""
     ws, chat = await new_chat(store)
     await assert_no_run(store, chat, ws, "the chat never had one")
+    _, busy_chat = await new_chat(store, ws)
+    await store.begin_run(chat_id=busy_chat, workspace_id=ws)
+    await assert_no_run(store, chat, ws, "the chat never had one, only another chat of it")
+
+
+@pytest.mark.requirement("RUN-6c")
+async def test_late_write_to_an_older_run_does_not_make_it_latest(store):
+    """Runs begun A then B: a link_assistant and a record_step to A after B began (applied or
+    refused, as the store decides for a finished run) leave B the latest run: latest means
+    begun last, not written last."""
+    ws, chat = await new_chat(store)
+    first_turn = await streaming_turn(store, workspace_id=ws, chat_id=chat)
+    older = await store.begin_run(chat_id=chat, workspace_id=ws)
+    await finished(store, older, "succeeded")
+    newer = await store.begin_run(chat_id=chat, workspace_id=ws)
+    await store.link_assistant(run_id=older.id, message_id=first_turn.assistant_message_id)
+    await store.record_step(run_id=older.id)
+    current = await latest(store, ws, chat)
+    assert current.id == newer.id, (
+        f"expected the run begun last, {newer.id!r}, still the latest after a late write to "
+        f"the older run {older.id!r}; latest_run returned {describe_run(current)}"
+    )
+    assert (current.assistant_message_id, current.step_count) == (None, 0), (
+        f"expected the latest run untouched by writes to the older one: {describe_run(current)}"
+    )
 
 
 # --- RUN-7 ---------------------------------------------------------------------------------
 
 
-@pytest.mark.requirement("RUN-7")
+@pytest.mark.requirement("RUN-7a", "RUN-1d")
 async def test_sweep_runs_aborts_stale_active_runs_only(store, db_clock):
     """sweep_runs aborts the stale active runs of every workspace, counts them, spares the rest."""
-    ws_a, chat_a = await new_chat(store)
-    ws_b, chat_b = await new_chat(store)
-    _, chat_done = await new_chat(store, ws_a)
-    _, chat_fresh = await new_chat(store, ws_b)
-    stale = [
-        await store.begin_run(chat_id=chat_a, workspace_id=ws_a),
-        await store.begin_run(chat_id=chat_b, workspace_id=ws_b),
-    ]
-    done = await store.begin_run(chat_id=chat_done, workspace_id=ws_a)
-    await finished(store, done, "succeeded")
-    done_before = await run_of(store, done)
-    await db_clock.let_pass(FRESH_FOR)
-    async with db_clock.within(FRESH_FOR):
+
+    async def attempt(premise: SweepPremise):
+        ws_a, chat_a = await new_chat(store)
+        ws_b, chat_b = await new_chat(store)
+        _, chat_done = await new_chat(store, ws_a)
+        _, chat_fresh = await new_chat(store, ws_b)
+        stale = [
+            await store.begin_run(chat_id=chat_a, workspace_id=ws_a),
+            await store.begin_run(chat_id=chat_b, workspace_id=ws_b),
+        ]
+        done = await store.begin_run(chat_id=chat_done, workspace_id=ws_a)
+        await finished(store, done, "succeeded")
+        done_before = await run_of(store, done)
+        await premise.pass_gap()
         fresh = await store.begin_run(chat_id=chat_fresh, workspace_id=ws_b)
         fresh_before = await run_of(store, fresh)
-        swept = await store.sweep_runs(older_than=FRESH_FOR)
+        swept = await premise.sweep(store.sweep_runs)
+        return ws_a, chat_a, stale, done, done_before, fresh, fresh_before, swept
+
+    ws_a, chat_a, stale, done, done_before, fresh, fresh_before, swept = await sweep_premise(
+        db_clock, attempt, settle=[store.sweep_runs]
+    )
 
     for run, before, what in (
         (fresh, fresh_before, "fresh active"),
@@ -410,17 +465,20 @@ async def test_sweep_runs_aborts_stale_active_runs_only(store, db_clock):
     await assert_active(store, restarted, "begun after the sweep ended the stale one")
 
 
-@pytest.mark.requirement("RUN-7")
+@pytest.mark.requirement("RUN-7a", "RUN-7b", "RUN-1d")
 async def test_record_step_keeps_a_run_fresh(store, db_clock):
     """record_step on a run that had gone stale refreshes it, so the sweep leaves it active."""
-    ws, chat_kept = await new_chat(store)
-    _, chat_idle = await new_chat(store, ws)
-    kept = await store.begin_run(chat_id=chat_kept, workspace_id=ws)
-    idle = await store.begin_run(chat_id=chat_idle, workspace_id=ws)
-    await db_clock.let_pass(FRESH_FOR)
-    async with db_clock.within(FRESH_FOR):
+
+    async def attempt(premise: SweepPremise):
+        ws, chat_kept = await new_chat(store)
+        _, chat_idle = await new_chat(store, ws)
+        kept = await store.begin_run(chat_id=chat_kept, workspace_id=ws)
+        idle = await store.begin_run(chat_id=chat_idle, workspace_id=ws)
+        await premise.pass_gap()
         refreshed = await store.record_step(run_id=kept.id)
-        swept = await store.sweep_runs(older_than=FRESH_FOR)
+        return kept, idle, refreshed, await premise.sweep(store.sweep_runs)
+
+    kept, idle, refreshed, swept = await sweep_premise(db_clock, attempt, settle=[store.sweep_runs])
 
     assert refreshed is True, (
         f"expected record_step on a stale but active run to return True, got {refreshed!r}"
@@ -434,7 +492,7 @@ async def test_record_step_keeps_a_run_fresh(store, db_clock):
     assert swept == 1, f"expected sweep_runs to return 1 (the idle run), got {swept}"
 
 
-@pytest.mark.requirement("RUN-7")
+@pytest.mark.requirement("RUN-7b", "RUN-7c", "RUN-1d")
 @pytest.mark.parametrize(
     ("writer_offset", "sweeper_offset"),
     [(SKEW, -SKEW), (-SKEW, SKEW)],
@@ -446,16 +504,19 @@ async def test_run_staleness_is_judged_by_database_clock(
     """Replicas whose clocks are minutes off neither sweep fresh runs nor spare stale ones."""
     writer = await open_store(clock=skewed_clock(writer_offset), name="writer")
     sweeper = await open_store(clock=skewed_clock(sweeper_offset), name="sweeper")
-    ws, chat_stale = await new_chat(writer)
-    _, chat_stepped = await new_chat(writer, ws)
-    _, chat_fresh = await new_chat(writer, ws)
-    stale = await writer.begin_run(chat_id=chat_stale, workspace_id=ws)
-    kept = await writer.begin_run(chat_id=chat_stepped, workspace_id=ws)
-    await db_clock.let_pass(FRESH_FOR)
-    async with db_clock.within(FRESH_FOR):
+
+    async def attempt(premise: SweepPremise):
+        ws, chat_stale = await new_chat(writer)
+        _, chat_stepped = await new_chat(writer, ws)
+        _, chat_fresh = await new_chat(writer, ws)
+        stale = await writer.begin_run(chat_id=chat_stale, workspace_id=ws)
+        kept = await writer.begin_run(chat_id=chat_stepped, workspace_id=ws)
+        await premise.pass_gap()
         fresh = await writer.begin_run(chat_id=chat_fresh, workspace_id=ws)
         await stepped(writer, kept)
-        swept = await sweeper.sweep_runs(older_than=FRESH_FOR)
+        return stale, kept, fresh, await premise.sweep(sweeper.sweep_runs)
+
+    stale, kept, fresh, swept = await sweep_premise(db_clock, attempt, settle=[sweeper.sweep_runs])
 
     for run in (fresh, kept):
         await assert_active(store=writer, run=run, why="it was fresh by the database clock")

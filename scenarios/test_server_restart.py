@@ -59,7 +59,7 @@ async def crash_server(restart: Callable[[], Awaitable[None]], dsn: str) -> None
         )
 
 
-@pytest.mark.requirement("DUR-1")
+@pytest.mark.requirement("DUR-1c")
 @pytest.mark.capability("streaming", "usage")
 async def test_what_returned_true_survives_a_server_crash(open_store, turn_dsn, restart_postgres):
     """Steps and a finalize that returned True are all there after the server crashed."""
@@ -71,7 +71,7 @@ async def test_what_returned_true_survives_a_server_crash(open_store, turn_dsn, 
     await writes.assert_survived(await open_store(name="reader"), "the server's crash")
 
 
-@pytest.mark.requirement("DUR-3")
+@pytest.mark.requirement("DUR-3a", "DUR-3b")
 @pytest.mark.capability("streaming", "sweep", "runs")
 async def test_a_turn_cut_by_a_server_crash_stays_readable_until_swept(
     open_store, turn_dsn, restart_postgres

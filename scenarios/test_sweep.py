@@ -1,10 +1,12 @@
 """The streaming sweep: stale rows aborted, nothing else touched (SWP-1 .. SWP-5).
 
-Rows that must be stale are written before `db_clock.let_pass(...)`; rows that
-must be fresh are written, and the sweep run, inside `db_clock.within(FRESH_FOR)`,
-so the database clock itself proves which is which. Verdicts come after the
-block, once the premise is proved. A scenario with stale rows only uses the tiny
-STALE_ONLY; one with fresh rows too, FRESH_FOR (both in scenarios/support.py).
+A scenario with stale rows only writes them, lets the tiny STALE_ONLY pass on the
+database clock and sweeps with it. One with fresh rows too writes the stale ones, lets a
+short gap pass on the database clock (`SweepPremise.pass_gap`), writes the fresh ones and
+sweeps with a threshold chosen inside the gap as the sweep is called, so the database
+clock itself says which row is which; `sweep_premise` proves that the sweep ended within
+the gap (else tries again with a wider one). Verdicts come after, once the premise held.
+The constants are in scenarios/support.py.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import pytest
 from harness import TurnStore
 
 from .support import (
-    FRESH_FOR,
     SKEW,
     STALE_ONLY,
+    SweepPremise,
     Turn,
     assistant_row,
     describe_message,
     new_workspace,
     skewed_clock,
     streaming_turn,
+    sweep_premise,
     text_parts,
     user_row,
 )
@@ -61,7 +64,7 @@ async def stepped(store: TurnStore, turn: Turn, text: str) -> None:
     )
 
 
-@pytest.mark.requirement("SWP-1")
+@pytest.mark.requirement("SWP-1a", "SWP-1b")
 async def test_sweep_aborts_stale_streaming_rows_in_every_workspace(store, db_clock):
     """sweep_streaming aborts every stale streaming row, whatever its workspace, and counts them."""
     ws_a, ws_b = new_workspace(), new_workspace()
@@ -96,12 +99,13 @@ async def test_sweep_aborts_stale_streaming_rows_in_every_workspace(store, db_cl
     )
 
 
-@pytest.mark.requirement("SWP-2")
+@pytest.mark.requirement("SWP-2a", "SWP-1a", "SWP-1b")
 async def test_sweep_leaves_fresh_streaming_rows(store, db_clock):
     """A streaming row updated within the threshold (another replica's live turn) is not swept."""
-    stale = await streaming_turn(store)
-    await db_clock.let_pass(FRESH_FOR)
-    async with db_clock.within(FRESH_FOR):
+
+    async def attempt(premise: SweepPremise):
+        stale = await streaming_turn(store)
+        await premise.pass_gap()
         fresh_shell = await streaming_turn(store)
         fresh_stepped = await streaming_turn(store, workspace_id=stale.workspace_id)
         await stepped(store, fresh_stepped, "live step")
@@ -109,7 +113,12 @@ async def test_sweep_leaves_fresh_streaming_rows(store, db_clock):
             await assistant_row(store, fresh_shell),
             await assistant_row(store, fresh_stepped),
         ]
-        swept = await store.sweep_streaming(older_than=FRESH_FOR)
+        swept = await premise.sweep(store.sweep_streaming)
+        return stale, fresh_shell, fresh_stepped, fresh_before, swept
+
+    stale, fresh_shell, fresh_stepped, fresh_before, swept = await sweep_premise(
+        db_clock, attempt, settle=[store.sweep_streaming]
+    )
 
     fresh_after = [
         await assistant_row(store, fresh_shell),
@@ -127,7 +136,7 @@ async def test_sweep_leaves_fresh_streaming_rows(store, db_clock):
     assert swept == 1, f"expected sweep_streaming to return 1 (the one stale row), got {swept}"
 
 
-@pytest.mark.requirement("SWP-2")
+@pytest.mark.requirement("SWP-2b", "SWP-2c", "SWP-1b")
 async def test_sweep_never_touches_terminal_or_legacy_rows(store, db_clock):
     """Stale completed, error, aborted and legacy NULL-status rows are left exactly as they were."""
     ws = new_workspace()
@@ -160,7 +169,7 @@ async def test_sweep_never_touches_terminal_or_legacy_rows(store, db_clock):
     assert swept == 1, f"expected sweep_streaming to return 1 (the streaming row), got {swept}"
 
 
-@pytest.mark.requirement("SWP-3")
+@pytest.mark.requirement("SWP-3a", "SWP-1b")
 async def test_second_sweep_changes_nothing(store, db_clock):
     """A sweep right after a sweep returns 0 and leaves every row as the first one left it."""
     first = await streaming_turn(store)
@@ -184,7 +193,7 @@ async def test_second_sweep_changes_nothing(store, db_clock):
     )
 
 
-@pytest.mark.requirement("SWP-4")
+@pytest.mark.requirement("SWP-4a")
 async def test_step_after_sweep_is_rejected(store, db_clock):
     """Sweep first, then the late step: the row stays aborted and never carries the step."""
     turn = await streaming_turn(store)
@@ -207,14 +216,17 @@ async def test_step_after_sweep_is_rejected(store, db_clock):
     )
 
 
-@pytest.mark.requirement("SWP-4")
+@pytest.mark.requirement("SWP-4b")
 async def test_sweep_after_step_spares_the_row(store, db_clock):
     """A step on a row that had gone stale refreshes it: the following sweep leaves it streaming."""
-    turn = await streaming_turn(store)
-    await db_clock.let_pass(FRESH_FOR)
-    async with db_clock.within(FRESH_FOR):
+
+    async def attempt(premise: SweepPremise):
+        turn = await streaming_turn(store)
+        await premise.pass_gap()
         applied = await step(store, turn, "late step")
-        swept = await store.sweep_streaming(older_than=FRESH_FOR)
+        return turn, applied, await premise.sweep(store.sweep_streaming)
+
+    turn, applied, swept = await sweep_premise(db_clock, attempt, settle=[store.sweep_streaming])
 
     assert applied is True, (
         f"expected append_step on a stale but still streaming row to return True, got {applied!r}"
@@ -231,7 +243,7 @@ async def test_sweep_after_step_spares_the_row(store, db_clock):
     assert swept == 0, f"expected the sweep to return 0 (nothing stale), got {swept}"
 
 
-@pytest.mark.requirement("SWP-5")
+@pytest.mark.requirement("SWP-5a", "SWP-5b", "SWP-1b")
 @pytest.mark.parametrize(
     ("writer_offset", "sweeper_offset"),
     [(SKEW, -SKEW), (-SKEW, SKEW)],
@@ -243,14 +255,19 @@ async def test_staleness_is_judged_by_database_clock(
     """Replicas whose clocks are minutes off neither sweep fresh rows nor spare stale ones."""
     writer = await open_store(clock=skewed_clock(writer_offset), name="writer")
     sweeper = await open_store(clock=skewed_clock(sweeper_offset), name="sweeper")
-    stale = [await streaming_turn(writer), await streaming_turn(writer)]
-    await stepped(writer, stale[1], "old step")
-    await db_clock.let_pass(FRESH_FOR)
-    async with db_clock.within(FRESH_FOR):
+
+    async def attempt(premise: SweepPremise):
+        stale = [await streaming_turn(writer), await streaming_turn(writer)]
+        await stepped(writer, stale[1], "old step")
+        await premise.pass_gap()
         fresh = [await streaming_turn(writer), await streaming_turn(writer)]
         await stepped(writer, fresh[1], "live step")
         fresh_before = [await assistant_row(writer, t) for t in fresh]
-        swept = await sweeper.sweep_streaming(older_than=FRESH_FOR)
+        return stale, fresh, fresh_before, await premise.sweep(sweeper.sweep_streaming)
+
+    stale, fresh, fresh_before, swept = await sweep_premise(
+        db_clock, attempt, settle=[sweeper.sweep_streaming]
+    )
 
     fresh_after = [await assistant_row(writer, t) for t in fresh]
     assert fresh_after == fresh_before, (

@@ -51,7 +51,7 @@ async def finalized(store: TurnStore, turn: Turn, *, text: str, usage: UsageIn |
     )
 
 
-@pytest.mark.requirement("USG-1")
+@pytest.mark.requirement("USG-1a")
 async def test_second_finalize_leaves_first_usage(store):
     """A second finalize with other usage returns normally and leaves the first usage row alone."""
     turn = await streaming_turn(store)
@@ -61,7 +61,7 @@ async def test_second_finalize_leaves_first_usage(store):
     await assert_usage(store, turn, [USAGE_A], "the first finalize's only, untouched by the second")
 
 
-@pytest.mark.requirement("USG-1")
+@pytest.mark.requirement("USG-1a")
 async def test_usage_from_another_replica_leaves_first_usage(store, open_store):
     """A second writer of usage on another replica leaves the first usage row alone."""
     turn = await streaming_turn(store)
@@ -71,7 +71,7 @@ async def test_usage_from_another_replica_leaves_first_usage(store, open_store):
     await assert_usage(store, turn, [USAGE_A], "the first writer's only, untouched by the second")
 
 
-@pytest.mark.requirement("USG-1")
+@pytest.mark.requirement("USG-1a")
 async def test_first_finalize_carrying_usage_is_authoritative(store):
     """A finalize without usage writes none; the first one that carries usage writes the row."""
     turn = await streaming_turn(store)
@@ -84,7 +84,7 @@ async def test_first_finalize_carrying_usage_is_authoritative(store):
     await assert_usage(store, turn, [USAGE_B], "the first finalize carrying usage, kept")
 
 
-@pytest.mark.requirement("USG-1")
+@pytest.mark.requirement("USG-1c")
 async def test_usage_is_kept_per_message(store):
     """Each message keeps its own single usage row."""
     first = await streaming_turn(store)

@@ -144,14 +144,14 @@ async def assert_foreign_reads_see_nothing(store: TurnStore, owner: Owner, forei
     )
 
 
-@pytest.mark.requirement("WS-1")
+@pytest.mark.requirement("WS-1a")
 async def test_foreign_reads_see_nothing(store, foreign):
     """get_message and list_messages under a foreign workspace id return nothing."""
     owner = await make_owner(store)
     await assert_foreign_reads_see_nothing(store, owner, foreign[0])
 
 
-@pytest.mark.requirement("WS-1")
+@pytest.mark.requirement("WS-1a")
 @pytest.mark.capability("streaming")
 async def test_foreign_reads_see_no_steps_or_legacy_rows(store, foreign):
     """A stepped row and a legacy row are as invisible under a foreign workspace id."""
@@ -159,7 +159,7 @@ async def test_foreign_reads_see_no_steps_or_legacy_rows(store, foreign):
     await assert_foreign_reads_see_nothing(store, owner, foreign[0])
 
 
-@pytest.mark.requirement("WS-1")
+@pytest.mark.requirement("WS-1a")
 @pytest.mark.capability("runs")
 async def test_foreign_latest_run_sees_nothing(store, foreign):
     """latest_run of the owner's chat under a foreign workspace id returns None."""
@@ -171,7 +171,7 @@ async def test_foreign_latest_run_sees_nothing(store, foreign):
     )
 
 
-@pytest.mark.requirement("WS-1")
+@pytest.mark.requirement("WS-1b")
 async def test_foreign_persists_return_none_and_write_nothing(store, foreign):
     """Persisting onto the owner's chat under a foreign workspace returns None, writes nothing."""
     owner = await make_owner(store)
@@ -192,7 +192,7 @@ async def test_foreign_persists_return_none_and_write_nothing(store, foreign):
     await assert_unchanged(store, owner, foreign, before, "persisting onto the owner's chat")
 
 
-@pytest.mark.requirement("WS-1")
+@pytest.mark.requirement("WS-1b")
 @pytest.mark.capability("streaming")
 async def test_foreign_message_updates_return_false_and_change_nothing(store, foreign):
     """append_step and finalize under a foreign workspace id return False and change nothing."""
@@ -230,7 +230,7 @@ async def test_foreign_message_updates_return_false_and_change_nothing(store, fo
     ), "expected the owner's own next step to apply (True) after the intruder's attempts"
 
 
-@pytest.mark.requirement("WS-1", "RUN-2")
+@pytest.mark.requirement("WS-1b", "RUN-2a")
 async def test_foreign_begin_run_fails_and_changes_nothing(store, foreign):
     """begin_run on the owner's chat under a foreign workspace fails and changes no run."""
     owner = await make_owner(store, with_run=True)

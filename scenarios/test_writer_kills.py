@@ -20,12 +20,12 @@ from harness.race import Kill, Op, Produced, Race, RaceOutcome, Schedule, Step
 from scenarios.support import (
     ACTIVE_RUN_STATUSES,
     FINAL,
-    FRESH_FOR,
     RACE_WS,
     STEPS,
     USAGE_A,
     ConfirmedWrites,
     KillableStore,
+    SweepPremise,
     Turn,
     append_steps,
     assistant_row,
@@ -36,6 +36,8 @@ from scenarios.support import (
     step_op,
     streaming_message,
     streaming_turn,
+    sweep_premise,
+    text_parts,
     usage_values,
 )
 
@@ -55,7 +57,7 @@ async def killed(writer: TurnStore) -> None:
 # DUR-1: what returned True survives the kill --------------------------------------------
 
 
-@pytest.mark.requirement("DUR-1")
+@pytest.mark.requirement("DUR-1a", "DUR-1b")
 @pytest.mark.capability("streaming", "usage")
 async def test_what_returned_true_survives_the_writers_death(open_store):
     """Steps and a finalize that returned True are all there after the writer is killed."""
@@ -67,10 +69,54 @@ async def test_what_returned_true_survives_the_writers_death(open_store):
     await writes.assert_survived(await open_store(name="reader"), "the writer's death")
 
 
+@pytest.mark.capability("streaming")
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param("append_step", marks=pytest.mark.requirement("DUR-1a")),
+        pytest.param(
+            "finalize", marks=[pytest.mark.requirement("DUR-1b"), pytest.mark.capability("usage")]
+        ),
+    ],
+)
+async def test_a_write_survives_a_kill_right_after_it_returned(open_store, write):
+    """The writer is killed right after its last write returned True, with no operation of it
+    in between, so no later statement of its own can have committed what that write left open."""
+    writer = await open_store(name="writer", own_process=True)
+    turn = await streaming_turn(writer)
+    if write == "append_step":
+        await append_steps(writer, turn, STEPS)
+        expected = ("streaming", STEPS[-1], [])
+    else:
+        await append_steps(writer, turn, STEPS[:1])
+        done = await writer.finalize(
+            message_id=turn.assistant_message_id,
+            workspace_id=turn.workspace_id,
+            status="completed",
+            content=FINAL,
+            parts=text_parts(FINAL),
+            usage=USAGE_A,
+        )
+        assert done is True, f"expected finalize of a live streaming row to return True: {done!r}"
+        expected = ("completed", FINAL, [usage_values(USAGE_A)])
+
+    await killed(writer)
+
+    reader = await open_store(name="reader")
+    after = await assistant_row(reader, turn)
+    usage = (
+        await reader.usage_for(message_id=turn.assistant_message_id) if write == "finalize" else []
+    )
+    assert (after.status, after.content, [usage_values(u) for u in usage]) == expected, (
+        f"the {write} that returned True right before the writer was killed did not survive: "
+        f"{describe_message(after, usage)}"
+    )
+
+
 # RUN-5 and DUR-3/RUN-7: what the dead left open ------------------------------------------
 
 
-@pytest.mark.requirement("RUN-5")
+@pytest.mark.requirement("RUN-5c")
 @pytest.mark.capability("process")
 async def test_a_killed_writers_run_stays_active(open_store):
     """A writer's death neither stops nor finishes its run: the chat stays busy."""
@@ -100,41 +146,47 @@ async def test_a_killed_writers_run_stays_active(open_store):
     )
 
 
-@pytest.mark.requirement("DUR-3", "RUN-7")
+@pytest.mark.requirement("DUR-3a", "DUR-3b", "SWP-4b", "RUN-7b")
 @pytest.mark.capability("streaming", "sweep", "runs")
 async def test_a_killed_writers_turn_stays_readable_until_swept(open_store, db_clock):
     """Killed mid-turn: its steps stay readable; once stale, the sweeps close its message and
     its run, and spare a live writer's turn whose steps keep it fresh."""
-    dead = await open_store(name="dead", own_process=True)
     live = await open_store(name="live")
-    turns: dict[str, tuple[Turn, Run]] = {}
-    for name, writer in (("dead", dead), ("live", live)):
-        turn = await streaming_turn(writer)
-        run = await writer.begin_run(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
-        assert await writer.link_assistant(run_id=run.id, message_id=turn.assistant_message_id), (
-            "set-up: link_assistant of a new run to its chat's message returned False"
-        )
-        await append_steps(writer, turn, STEPS[:2])
-        assert await writer.record_step(run_id=run.id), "set-up: record_step returned False"
-        turns[name] = (turn, run)
-
-    await killed(dead)
-
-    dead_turn, dead_run = turns["dead"]
     reader = await open_store(name="reader")
-    before = await assistant_row(reader, dead_turn)
-    assert (before.status, before.content) == ("streaming", STEPS[1]), (
-        f"the dead writer's finished steps are not readable: {describe_message(before)}"
-    )
-    live_turn, live_run = turns["live"]
-    await db_clock.let_pass(FRESH_FOR)
-    async with db_clock.within(FRESH_FOR):
+
+    async def attempt(premise: SweepPremise):
+        dead = await open_store(name="dead", own_process=True)
+        turns: dict[str, tuple[Turn, Run]] = {}
+        for name, writer in (("dead", dead), ("live", live)):
+            turn = await streaming_turn(writer)
+            run = await writer.begin_run(chat_id=turn.chat_id, workspace_id=turn.workspace_id)
+            assert await writer.link_assistant(
+                run_id=run.id, message_id=turn.assistant_message_id
+            ), "set-up: link_assistant of a new run to its chat's message returned False"
+            await append_steps(writer, turn, STEPS[:2])
+            assert await writer.record_step(run_id=run.id), "set-up: record_step returned False"
+            turns[name] = (turn, run)
+
+        await killed(dead)
+
+        before = await assistant_row(reader, turns["dead"][0])
+        assert (before.status, before.content) == ("streaming", STEPS[1]), (
+            f"the dead writer's finished steps are not readable: {describe_message(before)}"
+        )
+        live_turn, live_run = turns["live"]
+        await premise.pass_gap()
         await append_steps(live, live_turn, STEPS[2:])
         assert await live.record_step(run_id=live_run.id), (
             "expected record_step of the live writer's active run to return True"
         )
-        swept_messages = await reader.sweep_streaming(older_than=FRESH_FOR)
-        swept_runs = await reader.sweep_runs(older_than=FRESH_FOR)
+        swept_messages = await premise.sweep(reader.sweep_streaming)
+        return turns, swept_messages, await premise.sweep(reader.sweep_runs)
+
+    turns, swept_messages, swept_runs = await sweep_premise(
+        db_clock, attempt, settle=[reader.sweep_streaming, reader.sweep_runs]
+    )
+    dead_turn, dead_run = turns["dead"]
+    live_turn, live_run = turns["live"]
 
     after = await assistant_row(reader, dead_turn)
     assert (after.status, after.content) == ("aborted", STEPS[1]), (
@@ -206,7 +258,7 @@ OPERATIONS = {
 }
 
 
-@pytest.mark.requirement("DUR-2")
+@pytest.mark.requirement("DUR-2a")
 @pytest.mark.capability("network", "streaming")
 @pytest.mark.parametrize(
     "operation",

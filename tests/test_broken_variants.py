@@ -1,88 +1,143 @@
-"""Every broken variant of the reference fails the requirement it breaks.
+"""Every declared broken variant fails exactly the clauses it declares, through its channel.
 
-Proved through the public --adapter option, the way a user would find the bug.
-The reference passing the same selection proves each scenario can also pass,
-and the race-only bugs passing every sequential scenario proves that only the
-forced races catch them.
+The cases come from the declarations (`reference_impl.broken_variant.declared_variants()`),
+never from a table kept here. Each variant runs, through the public --adapter option, the
+scenarios of the requirements its clauses belong to, and must:
+
+- fail a scenario tagged with each clause it declares;
+- fail no scenario that checks none of its clauses (it breaks those clauses and nothing else
+  of those requirements);
+- when its channel is not sequential, fail no sequential scenario: only the race, the kill,
+  the crash, the network fault or the skewed clock shows the bug.
+
+The reference passing the same selections proves each of those scenarios can pass.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
-VARIANTS = [
-    ("unguarded_step", "MSG-4"),
-    ("read_then_write_step", "MSG-4"),
-    ("check_then_insert_persist", "MSG-1"),
-    ("check_then_insert_persist", "MSG-3"),
-    ("usage_last_writer_wins", "USG-1"),
-    ("sweep_without_staleness", "SWP-2"),
-    ("sweep_touches_legacy", "SWP-2"),
-    ("check_then_act_begin", "RUN-1"),
-    ("begin_swallows_conflict", "RUN-1"),
-    ("begin_blames_everything", "RUN-2"),
-    ("begin_skips_claimed_chat", "RUN-3"),
-    ("steps_in_memory", "DUR-1"),
-    ("finalize_in_two_statements", "DUR-2"),
-    ("read_then_write_in_transaction", "MSG-4"),
-    ("check_then_insert_repeatable_read", "MSG-1"),
-    ("check_then_insert_repeatable_read", "MSG-3"),
-    ("check_then_insert_serializable", "MSG-1"),
-    ("check_then_insert_serializable", "MSG-3"),
-]
+from harness.requirements import CLAUSES
+from reference_impl.broken_variant import BrokenVariant, declared_variants
 
-RACE_ONLY = [
-    ("read_then_write_step", "MSG-4", "scenarios.test_messages"),
-    ("check_then_insert_persist", "MSG-1", "scenarios.test_messages"),
-    ("check_then_act_begin", "RUN-1", "scenarios.test_runs"),
-    ("read_then_write_in_transaction", "MSG-4", "scenarios.test_messages"),
-    ("check_then_insert_repeatable_read", "MSG-1", "scenarios.test_messages"),
-    ("check_then_insert_serializable", "MSG-3", "scenarios.test_messages"),
-]
+VARIANTS = sorted(declared_variants())
+FAILED, ERROR = "fail", "error"
 
 
-@pytest.mark.parametrize(("variant", "requirement_id"), VARIANTS)
-def test_variant_fails_its_requirement(run_scenarios, variant, requirement_id):
-    run = run_scenarios(f"reference_impl.broken:{variant}", "--requirement", requirement_id)
-    assert run.status(requirement_id) == "fail", run.result.stdout.str()
-    assert run.result.ret == pytest.ExitCode.TESTS_FAILED
-    assert not run.report["verdict"]["ok"]
+def requirements_of(variant: BrokenVariant) -> tuple[str, ...]:
+    return tuple(sorted({CLAUSES[c].requirement_id for c in variant.breaks}))
 
 
-@pytest.mark.parametrize("requirement_id", sorted({r for _, r in VARIANTS}))
-def test_reference_passes_the_same_selection(run_scenarios, requirement_id):
-    run = run_scenarios("reference", "--requirement", requirement_id)
-    assert run.status(requirement_id) == "pass", run.result.stdout.str()
-    assert run.result.ret == pytest.ExitCode.OK
+def needs_own_server(variant: BrokenVariant) -> bool:
+    """A crash of the server needs a server the run owns (not --pg-dsn)."""
+    return variant.channel == "restart"
 
 
-@pytest.mark.parametrize(("variant", "requirement_id", "sequential_module"), RACE_ONLY)
-def test_race_only_bug_passes_every_sequential_scenario(
-    run_scenarios, variant, requirement_id, sequential_module
-):
-    run = run_scenarios(
-        f"reference_impl.broken:{variant}",
-        "--requirement",
-        requirement_id,
-        target=sequential_module,
+def _families() -> list[tuple[tuple[str, ...], bool]]:
+    """The requirements the variants select, one run per family (`MSG`, `RUN`, ...), and
+    once more on a server of the run's own for those a crash variant selects."""
+    selected = {r for _, v in VARIANTS for r in requirements_of(v)}
+    own = sorted({r for _, v in VARIANTS if needs_own_server(v) for r in requirements_of(v)})
+    families: dict[str, list[str]] = {}
+    for requirement_id in sorted(selected):
+        families.setdefault(requirement_id.split("-")[0], []).append(requirement_id)
+    runs = [(tuple(ids), False) for ids in families.values()]
+    return runs + ([(tuple(own), True)] if own else [])
+
+
+SELECTIONS = _families()
+
+
+@pytest.fixture
+def run_selection(pytester: pytest.Pytester, run_scenarios, monkeypatch):
+    """Run the scenarios of `requirements` against `adapter`; the report's scenarios."""
+
+    def run(adapter: str, requirements: tuple[str, ...], own_server: bool) -> dict[str, Any]:
+        selection = ("--requirement", ",".join(requirements))
+        if not own_server:
+            suite = run_scenarios(adapter, *selection)
+            assert suite.report is not None, suite.result.stdout.str()
+            return {"ret": suite.result.ret, **suite.report, "out": suite.result.stdout.str()}
+        monkeypatch.delenv("TURNPROOF_PG_DSN", raising=False)
+        report_path = pytester.path / "report.json"
+        result = pytester.runpytest_inprocess(
+            "--pyargs",
+            "scenarios",
+            "-p",
+            "no:cacheprovider",
+            "--adapter",
+            adapter,
+            "--pg",
+            "embedded",
+            "--turnproof-json",
+            str(report_path),
+            *selection,
+        )
+        assert report_path.exists(), result.stdout.str()
+        report = json.loads(report_path.read_text())
+        return {"ret": result.ret, **report, "out": result.stdout.str()}
+
+    return run
+
+
+def _describe(scenarios: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"  {s['outcome']} [{s['channel']}] {' '.join(s['clauses'])} {s['nodeid']}: "
+        f"{s['reason'][:200]}"
+        for s in scenarios
     )
-    assert run.status(requirement_id) == "pass", run.result.stdout.str()
 
 
-def test_a_server_crash_catches_steps_kept_in_memory(pytester, monkeypatch):
-    """The restart scenarios need a server the run owns, so this run starts its own."""
-    monkeypatch.delenv("TURNPROOF_PG_DSN", raising=False)
-    result = pytester.runpytest_inprocess(
-        "--pyargs",
-        "scenarios.test_server_restart",
-        "-p",
-        "no:cacheprovider",
-        "--adapter",
-        "reference_impl.broken:steps_in_memory",
-        "--pg",
-        "embedded",
-        "--requirement",
-        "DUR-1",
+@pytest.mark.parametrize(("spec", "variant"), VARIANTS, ids=[s.split(":")[1] for s, _ in VARIANTS])
+def test_variant_fails_exactly_its_clauses(run_selection, spec, variant):
+    run = run_selection(spec, requirements_of(variant), needs_own_server(variant))
+    bad = [s for s in run["scenarios"] if s["outcome"] in (FAILED, ERROR)]
+    declared = set(variant.breaks)
+    uncaught = [
+        c
+        for c in variant.breaks
+        if not any(s["outcome"] == FAILED and c in s["clauses"] for s in bad)
+    ]
+    assert not uncaught, (
+        f"{spec} declares {variant.breaks}; no scenario of {uncaught} failed:\n"
+        f"{_describe(bad)}\n{run['out'][-3000:]}"
     )
-    result.assert_outcomes(failed=1)
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    beyond = [s for s in bad if not declared & set(s["clauses"])]
+    assert not beyond, (
+        f"{spec} declares {variant.breaks}, but scenarios of other clauses failed too:\n"
+        f"{_describe(beyond)}"
+    )
+    if variant.channel != "sequential":
+        sequential = [s for s in bad if s["channel"] == "sequential"]
+        assert not sequential, (
+            f"{spec} declares channel {variant.channel!r}, but sequential scenarios caught it:\n"
+            f"{_describe(sequential)}"
+        )
+    assert run["ret"] == pytest.ExitCode.TESTS_FAILED
+    assert not run["verdict"]["ok"]
+
+
+@pytest.mark.parametrize(
+    ("requirement_ids", "own_server"),
+    SELECTIONS,
+    ids=[f"{ids[0].split('-')[0]}{'-own-server' if own else ''}" for ids, own in SELECTIONS],
+)
+def test_reference_passes_the_same_selection(run_selection, requirement_ids, own_server):
+    run = run_selection("reference", requirement_ids, own_server)
+    bad = [s for s in run["scenarios"] if s["outcome"] in (FAILED, ERROR)]
+    assert not bad, _describe(bad)
+    rows = {row["id"]: row["status"] for row in run["rows"]}
+    assert {i: rows[i] for i in requirement_ids} == dict.fromkeys(requirement_ids, "pass"), run[
+        "out"
+    ]
+    assert run["ret"] == pytest.ExitCode.OK
+
+
+def test_a_variant_declares_clauses_and_a_channel():
+    """A declaration without clauses or with an unknown channel fails to load."""
+    with pytest.raises(ValueError, match="declare breaks"):
+        BrokenVariant(type("Store", (), {}), breaks=(), channel="race")  # type: ignore[arg-type]
+    assert all(c in CLAUSES for _, v in VARIANTS for c in v.breaks)

@@ -26,23 +26,23 @@ from harness.errors import HarnessError, ImplementationFailure
 from harness.proxy.errors import WaitTimeout
 
 
-@pytest.mark.requirement("MSG-1")
+@pytest.mark.requirement("MSG-1a")
 def test_gate_wait_runs_out():
     raise WaitTimeout("gate wait for 'writer' ran out after 5 s")
 
 
-@pytest.mark.requirement("MSG-2")
+@pytest.mark.requirement("MSG-2a")
 def test_engine_error_inside_a_task_group():
     raise ExceptionGroup("unhandled errors", [HarnessError("the engine lost actor 'step'")])
 
 
-@pytest.mark.requirement("MSG-3")
+@pytest.mark.requirement("MSG-3a")
 def test_plain_assertion():
     rows = 2
     assert rows == 1, f"expected one assistant row for the turn, found {rows}"
 
 
-@pytest.mark.requirement("MSG-4")
+@pytest.mark.requirement("MSG-4a")
 def test_race_failure_carries_its_rerun_line():
     raise ImplementationFailure(
         "late step vs finalize: the finalized row was clobbered\\n\\ntranscript:\\n"
@@ -51,7 +51,7 @@ def test_race_failure_carries_its_rerun_line():
     )
 
 
-@pytest.mark.requirement("MSG-5")
+@pytest.mark.requirement("MSG-5a")
 def test_passes():
     pass
 """
@@ -94,7 +94,7 @@ def anyio_backend():
     return "asyncio"
 
 
-@pytest.mark.requirement("MSG-4")
+@pytest.mark.requirement("MSG-4a")
 @pytest.mark.capability("turns")
 async def test_step_on_a_streaming_row(store):
     chat = await store.create_chat(workspace_id="w")

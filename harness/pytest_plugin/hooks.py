@@ -24,11 +24,18 @@ from harness.pytest_plugin.run import (
     is_xdist_worker,
     needed_capabilities,
     requirement_ids,
+    requirement_tags,
     scenario_id,
     turnproof_run,
 )
+from harness.pytest_plugin.shards import (
+    SHARDED_OUT,
+    SHARDS_PLUGIN_NAME,
+    ShardSelection,
+    shard_selection,
+)
 from harness.pytest_plugin.verdicts import VERDICTS_PLUGIN_NAME, Verdicts
-from harness.requirements import REQUIREMENTS
+from harness.requirements import CLAUSES, REQUIREMENTS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,17 +44,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "requirement(*ids): the contract requirement IDs a scenario checks"
+        "markers", "requirement(*ids): the contract clause IDs (e.g. MSG-1d) a scenario checks"
+    )
+    config.addinivalue_line(
+        "markers",
+        "channel(name): how a scenario reaches a bug, where its fixtures cannot tell "
+        "(sequential, race, kill, restart, network, skew)",
     )
     config.addinivalue_line(
         "markers", "capability(*names): capabilities a scenario needs beyond its requirements'"
     )
     try:
         run = _configured_run(config)
+        shard = options.shard(config)
     except UsageError as exc:
         usage_exit(str(exc))
     config.pluginmanager.register(run, RUN_PLUGIN_NAME)
     config.pluginmanager.register(Verdicts(config, run), VERDICTS_PLUGIN_NAME)
+    if shard is not None:
+        config.pluginmanager.register(ShardSelection(shard), SHARDS_PLUGIN_NAME)
 
 
 def _configured_run(config: pytest.Config) -> TurnproofRun:
@@ -91,10 +106,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         ids = requirement_ids(item)
         if not ids:
             continue
-        unknown = [i for i in ids if i not in REQUIREMENTS]
+        tags = requirement_tags(item)
+        bare = [i for i in tags if i in REQUIREMENTS]
+        if bare:
+            raise pytest.UsageError(
+                f"{item.nodeid}: @pytest.mark.requirement names requirement(s) {bare}, not "
+                f"clauses: name the clauses it checks (e.g. {bare[0]}a; `turnproof requirements`)"
+            )
+        unknown = [i for i in tags if i not in CLAUSES]
         if unknown:
             raise pytest.UsageError(
-                f"{item.nodeid}: unknown requirement ID(s) {unknown}; see harness/requirements.py"
+                f"{item.nodeid}: unknown clause ID(s) {unknown}; see `turnproof requirements`"
             )
         item.user_properties.append(("requirements", " ".join(ids)))
         try:
@@ -115,15 +137,17 @@ def _select_requirements(config: pytest.Config, items: list[pytest.Item]) -> Non
     wanted = options.wanted_requirements(config)
     if not wanted:
         return
-    unknown = sorted(wanted - set(REQUIREMENTS))
+    unknown = sorted(wanted - set(REQUIREMENTS) - set(CLAUSES))
     if unknown:
         usage_exit(
-            f"--requirement: unknown ID(s) {unknown}; known: {', '.join(REQUIREMENTS)}",
+            f"--requirement: unknown ID(s) {unknown}; known: {', '.join(REQUIREMENTS)}, "
+            "or one of their clauses (e.g. MSG-1d, see `turnproof requirements`)",
             turnproof_run(config),
         )
     keep, drop = [], []
     for item in items:
-        (keep if set(requirement_ids(item)) & wanted else drop).append(item)
+        tags = set(requirement_ids(item)) | set(requirement_tags(item))
+        (keep if tags & wanted else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -132,7 +156,9 @@ def _select_requirements(config: pytest.Config, items: list[pytest.Item]) -> Non
 def pytest_deselected(items: list[pytest.Item]) -> None:
     if items:
         run = turnproof_run(items[0].config)
-        run.deselected_scenarios += sum(1 for item in items if requirement_ids(item))
+        run.deselected_scenarios += sum(
+            1 for item in items if requirement_ids(item) and not item.stash.get(SHARDED_OUT, False)
+        )
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker sends the collection on
@@ -142,7 +168,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     run = turnproof_run(config)
     scenarios = [item for item in session.items if requirement_ids(item)]
     try:
-        if not session.items and run.deselected_scenarios and config.option.keyword:
+        sharded = shard_selection(config)
+        if (
+            not session.items
+            and run.deselected_scenarios
+            and config.option.keyword
+            and not (sharded and sharded.paths)
+        ):
             raise UsageError(
                 f"-k {config.option.keyword!r} matches no scenario; -k matches test names "
                 "(e.g. -k finalize), to select scenarios by requirement ID use "
@@ -172,6 +204,9 @@ def _every_scenario_collected(session: pytest.Session) -> bool:
 
     every = {p.resolve() for p in Path(scenarios.__file__).parent.glob("test_*.py")}
     collected = {Path(str(item.path)).resolve() for item in session.items}
+    sharded = shard_selection(session.config)
+    if sharded is not None:  # this shard's share is narrower than the selection it came from
+        collected |= sharded.paths
     return every <= collected
 
 

@@ -24,7 +24,7 @@ from harness.postgres.databases import DatabaseFactory
 from harness.postgres.resolver import PostgresServer, start_postgres
 from harness.proxy.server import RunningProxyServer
 from harness.pytest_plugin.time_bounds import BoundedAdapter
-from harness.requirements import capabilities_needed
+from harness.requirements import CLAUSE_LETTERS, CLAUSES, capabilities_needed
 
 RUN_PLUGIN_NAME = "turnproof-run"
 USAGE_ERROR = 2
@@ -199,9 +199,48 @@ def scenario_id(item: pytest.Item) -> str:
     return f"{module.__name__}::{item.name}" if module is not None else item.nodeid
 
 
-def requirement_ids(item: pytest.Item) -> tuple[str, ...]:
-    """The requirement IDs a scenario is tagged with (none: not a conformance scenario)."""
+def requirement_tags(item: pytest.Item) -> tuple[str, ...]:
+    """What a scenario's `requirement` markers name: clause IDs (`MSG-1d`); the hooks refuse
+    anything else (a bare requirement ID, an unknown clause) at collection."""
     return tuple(i for mark in item.iter_markers("requirement") for i in mark.args)
+
+
+def requirement_ids(item: pytest.Item) -> tuple[str, ...]:
+    """The requirement IDs a scenario checks (none: not a conformance scenario)."""
+    return tuple(dict.fromkeys(i.rstrip(CLAUSE_LETTERS) for i in requirement_tags(item)))
+
+
+def clause_tags(item: pytest.Item) -> tuple[str, ...]:
+    """The clause IDs a scenario checks (`MSG-1d`), in marker order."""
+    return tuple(i for i in requirement_tags(item) if i in CLAUSES)
+
+
+_FIXTURE_CHANNELS = (
+    ("race_engine", "race"),
+    ("restart_postgres", "restart"),
+    ("faulty_store", "network"),
+)
+"""Fixtures that say how a scenario reaches a bug, the first one found deciding."""
+
+
+def scenario_channel(item: pytest.Item) -> str:
+    """How a scenario reaches a bug (reference_impl.broken_variant.Channel): a `channel`
+    marker, else derived from what it uses: the race engine, a server restart, a faulty
+    link, a writer in its own process (`process`, to kill it), a skewed replica clock;
+    else sequential. Broken variants declare the channel through which they are caught."""
+    marker = item.get_closest_marker("channel")
+    if marker is not None:
+        return str(marker.args[0])
+    fixtures = set(getattr(item, "fixturenames", ()))
+    for fixture, channel in _FIXTURE_CHANNELS:
+        if fixture in fixtures:
+            return channel
+    if "process" in needed_capabilities(item):
+        return "kill"
+    code = getattr(getattr(item, "function", None), "__code__", None)
+    if code is not None and "skewed_clock" in code.co_names:
+        return "skew"
+    return "sequential"
 
 
 def needed_capabilities(item: pytest.Item) -> frozenset[str]:
