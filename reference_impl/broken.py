@@ -118,20 +118,10 @@ class CheckThenInsertPersist(PgTurnStore):
     """MSG-1/MSG-3 (race only): looks for the turn, then inserts without ON CONFLICT,
     so a concurrent duplicate raises UniqueViolation."""
 
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if not turn_id:
+    async def _persist_turn(self, **turn: Any) -> str | None:
+        if not turn["turn_id"]:
             return None
-        params = turn_params(chat_id, workspace_id, turn_id, role, status, content, parts)
+        params = turn_params(**turn)
         row = await self._one(
             "SELECT id FROM messages WHERE chat_id = %(chat_id)s"
             " AND workspace_id = %(workspace_id)s AND turn_id = %(turn_id)s AND role = %(role)s",
@@ -342,22 +332,12 @@ class InsertOnlyPersist(PgTurnStore):
     """DUR-4 (and MSG-1): persist inserts without ON CONFLICT, so retrying a turn whose
     answer was lost raises UniqueViolation."""
 
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if not turn_id:
+    async def _persist_turn(self, **turn: Any) -> str | None:
+        if not turn["turn_id"]:
             return None
         row = await self._one(
             INSERT_TURN_SQL + " RETURNING id",
-            turn_params(chat_id, workspace_id, turn_id, role, status, content, parts),
+            turn_params(**turn),
         )
         return row["id"] if row else None
 
@@ -443,20 +423,10 @@ class CheckThenInsertRepeatableRead(PgTurnStore):
 
     ISOLATION = sql.SQL("REPEATABLE READ")
 
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if not turn_id:
+    async def _persist_turn(self, **turn: Any) -> str | None:
+        if not turn["turn_id"]:
             return None
-        params = turn_params(chat_id, workspace_id, turn_id, role, status, content, parts)
+        params = turn_params(**turn)
         await self._conn.execute(sql.SQL("BEGIN ISOLATION LEVEL {}").format(self.ISOLATION))
         try:
             row = await self._one(
@@ -492,35 +462,17 @@ class NewIdOnRepeat(PgTurnStore):
     """MSG-1a: a repeated persist_user_turn returns an id of its own making (as an ORM that
     makes ids client-side does), not the existing row's, though it writes no second row."""
 
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if not turn_id:
+    async def _persist_turn(self, **turn: Any) -> str | None:
+        if not turn["turn_id"]:
             return None
-        params = turn_params(chat_id, workspace_id, turn_id, role, status, content, parts)
+        params = turn_params(**turn)
         row = await self._one(
             INSERT_TURN_SQL + _ON_TURN_CONFLICT + " DO NOTHING RETURNING id", params
         )
         if row is not None:
             return row["id"]
-        existing = await super()._persist_turn(
-            chat_id=chat_id,
-            workspace_id=workspace_id,
-            turn_id=turn_id,
-            role=role,
-            status=status,
-            content=content,
-            parts=parts,
-        )
-        return str(uuid.uuid4()) if existing is not None and role == "user" else existing
+        existing = await super()._persist_turn(**turn)
+        return str(uuid.uuid4()) if existing is not None and turn["role"] == "user" else existing
 
 
 class LastTextWins(PgTurnStore):
@@ -545,90 +497,36 @@ class TurnKeyWithoutChat(PgTurnStore):
     """MSG-1e: the idempotency key leaves the chat out, so a turn id already used in another
     chat of the workspace returns that chat's row."""
 
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if turn_id:
+    async def _persist_turn(self, **turn: Any) -> str | None:
+        if turn["turn_id"]:
             row = await self._one(
                 "SELECT id FROM messages WHERE workspace_id = %(workspace_id)s"
                 " AND turn_id = %(turn_id)s AND role = %(role)s",
-                {"workspace_id": workspace_id, "turn_id": turn_id, "role": role},
+                {k: turn[k] for k in ("workspace_id", "turn_id", "role")},
             )
             if row is not None:
                 return row["id"]
-        return await super()._persist_turn(
-            chat_id=chat_id,
-            workspace_id=workspace_id,
-            turn_id=turn_id,
-            role=role,
-            status=status,
-            content=content,
-            parts=parts,
-        )
+        return await super()._persist_turn(**turn)
 
 
 class IdWithoutTurn(PgTurnStore):
     """MSG-2a: a persist without a turn id writes nothing but returns a made-up id."""
 
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if not turn_id:
+    async def _persist_turn(self, **turn: Any) -> str | None:
+        if not turn["turn_id"]:
             return str(uuid.uuid4())
-        return await super()._persist_turn(
-            chat_id=chat_id,
-            workspace_id=workspace_id,
-            turn_id=turn_id,
-            role=role,
-            status=status,
-            content=content,
-            parts=parts,
-        )
+        return await super()._persist_turn(**turn)
 
 
 class RowWithoutTurn(PgTurnStore):
     """MSG-2b: a persist without a turn id returns None but still writes a row."""
 
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if not turn_id:
-            params = turn_params(chat_id, workspace_id, "", role, status, content, parts)
+    async def _persist_turn(self, **turn: Any) -> str | None:
+        if not turn["turn_id"]:
+            params = turn_params(**(turn | {"turn_id": ""}))
             await self._changed(INSERT_TURN_SQL, params | {"turn_id": None})
             return None
-        return await super()._persist_turn(
-            chat_id=chat_id,
-            workspace_id=workspace_id,
-            turn_id=turn_id,
-            role=role,
-            status=status,
-            content=content,
-            parts=parts,
-        )
+        return await super()._persist_turn(**turn)
 
 
 class ShellWithPlaceholder(PgTurnStore):
@@ -921,32 +819,14 @@ class CreatesMissingChat(PgTurnStore):
     """MSG-9a: a persist on a chat that does not exist creates the chat (an ORM's
     get-or-create) and writes the turn into it."""
 
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if turn_id:
+    async def _persist_turn(self, **turn: Any) -> str | None:
+        if turn["turn_id"]:
             await self._changed(
                 "INSERT INTO chats (id, workspace_id) VALUES (%(chat_id)s, %(workspace_id)s)"
                 " ON CONFLICT (id) DO NOTHING",
-                {"chat_id": chat_id, "workspace_id": workspace_id},
+                {k: turn[k] for k in ("chat_id", "workspace_id")},
             )
-        return await super()._persist_turn(
-            chat_id=chat_id,
-            workspace_id=workspace_id,
-            turn_id=turn_id,
-            role=role,
-            status=status,
-            content=content,
-            parts=parts,
-        )
+        return await super()._persist_turn(**turn)
 
 
 _TURN_IN_ANY_CHAT_SQL = _replace_once(
@@ -960,20 +840,10 @@ class ChatOfAnyWorkspace(PgTurnStore):
     """MSG-9b: persist finds the chat by id alone, so a turn lands in another workspace's
     chat (under the caller's workspace id)."""
 
-    async def _persist_turn(
-        self,
-        *,
-        chat_id: str,
-        workspace_id: str,
-        turn_id: str | None,
-        role: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-    ) -> str | None:
-        if not turn_id:
+    async def _persist_turn(self, **turn: Any) -> str | None:
+        if not turn["turn_id"]:
             return None
-        params = turn_params(chat_id, workspace_id, turn_id, role, status, content, parts)
+        params = turn_params(**turn)
         row = await self._one(
             _TURN_IN_ANY_CHAT_SQL + _ON_TURN_CONFLICT + " DO NOTHING RETURNING id", params
         )
