@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.abc import Params, Query
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -87,10 +87,10 @@ class DatabaseFactory:
         if not self._has_template:
             raise HarnessError("prepare_template() must run before databases are cloned")
         name = f"{DATABASE_PREFIX}{self._run_tag}_{next(self._numbers)}"
+        self._live.add(name)  # before: an interrupted clone is dropped too, if it was made
         started = time.perf_counter()
         self._execute(f"CREATE DATABASE {{}} TEMPLATE {{}}{self._strategy}", name, self._template)
         self.clone_seconds.append(time.perf_counter() - started)
-        self._live.add(name)
         return with_params(self._admin_dsn, dbname=name, application_name="turnproof")
 
     def drop(self, dsn: str) -> None:
@@ -102,7 +102,16 @@ class DatabaseFactory:
         return statistics.median(self.clone_seconds) * 1000 if self.clone_seconds else None
 
     def close(self) -> None:
-        """Drop every database this run made, template last."""
+        """Drop every database this run made, template last.
+
+        A Ctrl-C may have stopped the admin connection midway through a statement (a clone
+        being made): that statement is cancelled and the connection replaced first, since
+        one still waiting for its answer cannot take the drops.
+        """
+        if self._admin.info.transaction_status == pq.TransactionStatus.ACTIVE:
+            self._admin.cancel_safe(timeout=5)
+            self._admin.close()
+            self._admin = self._connect()
         try:
             for name in sorted(self._live):
                 self._execute("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
