@@ -295,8 +295,9 @@ async def test_sync_hold_keeps_the_statement_uncommitted(
     gate = pg_proxy.gate()
     winner = await connect(pg_proxy, dsn_through, autocommit=True, application_name="winner")
     waiter = await psycopg.AsyncConnection.connect(
-        pg_dsn, autocommit=True, application_name="waiter"
-    )  # not through the gate: cutting the winner's connections must spare it
+        pg_dsn, autocommit=True, application_name=f"waiter-{table}"
+    )  # not through the gate: cutting the winner's connections must spare it;
+    # named after the table: another test's waiter on the same server is not this one
     gate.hold_sync(1)
     outcomes: dict[str, object] = {}
 
@@ -314,7 +315,7 @@ async def test_sync_hold_keeps_the_statement_uncommitted(
         assert held.executes
         assert held.sent_at is None
         tg.start_soon(insert, "waiter", waiter)
-        await _wait_blocked(direct, "waiter")  # the key is taken, but not yet committed
+        await _wait_blocked(direct, f"waiter-{table}")  # the key is taken, but not yet committed
         if winner_ends == "commits":
             gate.release_sync(1)
         else:
