@@ -102,6 +102,62 @@ async def test_step_on_a_streaming_row(store):
     assert await store.append_step(message_id=shell, workspace_id="w", content="x", parts=[])
 """
 
+HANGING_FLUSH = """
+import anyio
+
+from reference_impl import adapter as reference
+
+
+class HangingFlush:
+    name = "hanging-flush"
+    capabilities = reference.capabilities
+
+    async def install(self, dsn):
+        await reference.install(dsn)
+
+    async def connect(self, dsn, *, clock=None):
+        store = await reference.connect(dsn, clock=clock)
+        writer = store.writer
+
+        async def hanging_writer(debounce, *, timers=None):
+            made = await writer(debounce, timers=timers)
+
+            async def flush(message_id):
+                await anyio.sleep_forever()
+
+            made.flush = flush
+            return made
+
+        store.writer = hanging_writer
+        return store
+
+
+adapter = HangingFlush()
+"""
+
+FLUSH_SCENARIO = """
+from datetime import timedelta
+
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.requirement("CW-3a")
+@pytest.mark.capability("turns", "streaming", "coalescing")
+async def test_flush(store):
+    chat = await store.create_chat(workspace_id="w")
+    shell = await store.persist_assistant_shell(chat_id=chat, workspace_id="w", turn_id="t")
+    writer = await store.writer(timedelta(seconds=60))
+    await writer.update(shell, "w", "x", [])
+    await writer.flush(shell)
+"""
+
 
 def run_json(pytester: pytest.Pytester, dsn: str, *args: str) -> tuple[pytest.RunResult, Any]:
     report = pytester.path / "report.json"
@@ -165,6 +221,27 @@ def test_a_hanging_operation_fails_its_test_naming_it(pytester, postgres_server)
         "OperationTimeout: adapter 'hanging-step': append_step(message_id="
     ), failure["reason"]
     assert "did not return within 1 s" in failure["reason"]
+    assert result.ret == 1
+
+
+def test_a_hanging_writer_operation_fails_its_test_naming_it(pytester, postgres_server):
+    """A streaming writer's operations are bounded like the store's."""
+    pytester.makepyfile(hanging_flush=HANGING_FLUSH, test_flush=FLUSH_SCENARIO)
+    pytester.syspathinsert()
+    result, report = run_json(
+        pytester,
+        postgres_server.admin_dsn,
+        "--adapter",
+        "hanging_flush:adapter",
+        "--operation-timeout",
+        "1",
+        "test_flush.py",
+    )
+    (failure,) = report["failures"]
+    assert failure["outcome"] == FAIL
+    assert failure["reason"].startswith("OperationTimeout: adapter 'hanging-flush': flush("), (
+        failure["reason"]
+    )
     assert result.ret == 1
 
 

@@ -1,4 +1,5 @@
-"""Time bounds for in-process adapters: install, connect and every store operation.
+"""Time bounds for in-process adapters: install, connect, every store operation and
+every streaming-writer operation.
 
 A driver that leaves an operation unanswered is killed after 30 s (harness.driver). An
 in-process Python adapter runs on the test's own event loop, so without a bound a hang in
@@ -21,7 +22,7 @@ from typing import Any
 import anyio
 
 from harness.adapter_loading import assert_store
-from harness.contract import STORE_OPERATIONS, Adapter, Clock, TurnStore
+from harness.contract import STORE_OPERATIONS, WRITER_OPERATIONS, Adapter, Clock, TurnStore
 from harness.errors import OperationTimeout
 
 DEFAULT_OPERATION_TIMEOUT = 30.0
@@ -73,18 +74,45 @@ class BoundedAdapter:
 
 
 class BoundedStore:
-    """A connected store whose async contract operations (and aclose) are time-bounded;
-    every other attribute is the wrapped store's own."""
+    """A connected store whose async contract operations (and aclose) are time-bounded, its
+    streaming writers' too; every other attribute is the wrapped store's own."""
 
     def __init__(self, store: object, seconds: float, adapter_name: str) -> None:
         self.wrapped = store
-        for name in (*STORE_OPERATIONS, "aclose"):
-            operation = getattr(store, name, None)
-            if inspect.iscoroutinefunction(operation):
-                setattr(self, name, _bounded(operation, name, seconds, adapter_name))
+        _bound(self, store, (*STORE_OPERATIONS, "aclose"), seconds, adapter_name)
+        writer = getattr(store, "writer", None)
+        if inspect.iscoroutinefunction(writer):
+
+            async def bounded_writer(*args: Any, **kwargs: Any) -> BoundedWriter:
+                return BoundedWriter(await writer(*args, **kwargs), seconds, adapter_name)
+
+            self.writer = bounded_writer
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
+
+
+class BoundedWriter:
+    """A streaming writer whose operations are time-bounded: a flush waiting forever on the
+    writer's own lock would otherwise stall the run silently. Opening and closing it are
+    not: a writer may enter a task group when opened and leave it in `aclose`, which
+    must happen in the caller's own cancel scope, not inside a bound's."""
+
+    def __init__(self, writer: object, seconds: float, adapter_name: str) -> None:
+        self.wrapped = writer
+        _bound(self, writer, WRITER_OPERATIONS, seconds, adapter_name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
+def _bound(
+    wrapper: object, wrapped: object, names: tuple[str, ...], seconds: float, adapter_name: str
+) -> None:
+    for name in names:
+        operation = getattr(wrapped, name, None)
+        if inspect.iscoroutinefunction(operation):
+            setattr(wrapper, name, _bounded(operation, name, seconds, adapter_name))
 
 
 def _bounded(
