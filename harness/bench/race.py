@@ -4,7 +4,7 @@
 
 1. Interleavings per second, each on a fresh database (statement level, the
    reference, the late-step-vs-finalize race), and where each one's time goes
-   (clone, connect, set-up, schedule, check, close, drop).
+   (clone, connect, set-up, schedule, check, close).
 2. How often the late-update bug of the read-then-write variant shows up in a
    naive concurrent test (the same two operations in two tasks, no gating),
    next to how often the engine catches it, measured in the same run.

@@ -11,6 +11,7 @@ import itertools
 import os
 import secrets
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -23,6 +24,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from harness.errors import HarnessError
 
 DATABASE_PREFIX = "turnproof_"
+EXIT_WAIT = 0.5
+"""How long a drop waits for the database's last backends to exit by themselves (its
+clients just closed): DROP DATABASE ... WITH (FORCE) ends any still there, but sleeps
+100 ms each time it finds one, and most are gone within milliseconds."""
+EXIT_POLL = 0.001
 
 
 def with_params(dsn: str, **params: str) -> str:
@@ -44,6 +50,7 @@ class DatabaseFactory:
         self._template = f"{DATABASE_PREFIX}{self._run_tag}_template"
         self._numbers = itertools.count(1)
         self._live: set[str] = set()
+        self._lock = threading.Lock()
         self._has_template = False
         self.clone_seconds: list[float] = []
         self._admin = self._connect()
@@ -95,8 +102,17 @@ class DatabaseFactory:
 
     def drop(self, dsn: str) -> None:
         name = database_name(dsn)
+        self._until_unused(name)
         self._execute("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
         self._live.discard(name)
+
+    def _until_unused(self, name: str) -> None:
+        deadline = time.monotonic() + EXIT_WAIT
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+        while (row := self._run(query, (name,)).fetchone()) and row[0]:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(EXIT_POLL)  # bounds a wait on other processes
 
     def median_clone_ms(self) -> float | None:
         return statistics.median(self.clone_seconds) * 1000 if self.clone_seconds else None
@@ -125,7 +141,7 @@ class DatabaseFactory:
     def _execute(self, statement: str, *names: str) -> None:
         self._run(sql.SQL(statement).format(*(sql.Identifier(n) for n in names)))
 
-    def _run(self, query: Query, params: Params | None = None) -> None:
+    def _run(self, query: Query, params: Params | None = None) -> psycopg.Cursor:
         """Run on the admin connection, reconnecting once if it died.
 
         The connection lives as long as the run, and a scenario may restart the
@@ -133,16 +149,16 @@ class DatabaseFactory:
         retried, once: its statement found no server, or the crash rolled it
         back. Any other error, and a failure on the new connection, propagate.
         """
-        if not self._admin.closed:
-            try:
-                self._admin.execute(query, params)
-                return
-            except psycopg.OperationalError:
-                if not self._admin.closed:
-                    raise
-        self._admin.close()
-        self._admin = self._connect()
-        self._admin.execute(query, params)
+        with self._lock:  # the clone workers of the scenarios and of a race share it
+            if not self._admin.closed:
+                try:
+                    return self._admin.execute(query, params)
+                except psycopg.OperationalError:
+                    if not self._admin.closed:
+                        raise
+            self._admin.close()
+            self._admin = self._connect()
+            return self._admin.execute(query, params)
 
     def _connect(self) -> psycopg.Connection:
         try:

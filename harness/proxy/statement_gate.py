@@ -77,6 +77,8 @@ class StatementEvent:
     execute_count: int = 0
     answered_at: float | None = None  # the server's first answer to it (any flight) came
     received_whole: bool = False  # its Sync / Query reached the gate (perhaps held there)
+    in_transaction: bool = False  # the one before it on its connection left a transaction
+    # block open, so its Sync commits nothing
 
     @property
     def finished(self) -> bool:
@@ -112,6 +114,7 @@ class StatementEvent:
             "texts": list(self.texts),
             "answered_at": self.answered_at,
             "received_whole": self.received_whole,
+            "in_transaction": self.in_transaction,
         }
 
 
@@ -134,6 +137,13 @@ class _Statement:
     @property
     def finished(self) -> bool:
         return self.completed_at is not None or self.cut or self.closed
+
+    @property
+    def in_transaction(self) -> bool:
+        for earlier in reversed(self.conn.gate._statements[: self.seq - 1]):
+            if earlier.conn is self.conn:
+                return earlier.unit.tx_status in ("T", "E")
+        return False
 
     @property
     def scheduled(self) -> bool:
@@ -171,6 +181,7 @@ class _Statement:
             execute_count=unit.execute_count,
             answered_at=self.answered_at,
             received_whole=unit.synced,
+            in_transaction=self.in_transaction,
         )
 
 
@@ -200,6 +211,10 @@ class StatementGate:
         self._operation_depth = 0
         self._operations = 0
         self._version = 0
+        self._published: tuple[int, tuple[StatementEvent, ...]] = (0, ())
+        """The version and the held statements as of the last change, replaced whole on the
+        owner loop: a reader on another thread gets a consistent pair without a round trip
+        to that loop (the race engine asks after every move)."""
         self._failure: UnknownWireShape | None = None
         self._conns: list[_GateConnection] = []
         self._waiters: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
@@ -337,14 +352,7 @@ class StatementGate:
     @property
     def held(self) -> list[StatementEvent]:
         """The statements held at the gate right now, before their start or their Sync."""
-        return self._owner.call(
-            lambda: [
-                stmt.snapshot()
-                for c in self._conns
-                for stmt in (c.blocked_at, c.blocked_at_sync)
-                if stmt is not None
-            ]
-        )
+        return list(self._published[1])
 
     @property
     def breakpoints(self) -> list[int]:
@@ -352,8 +360,9 @@ class StatementGate:
 
     @property
     def version(self) -> int:
-        """Bumped on every change the gate sees; pair with `wait_changed`."""
-        return self._version
+        """Bumped on every change the gate sees; pair with `wait_changed`. Never newer
+        than what `held` returns next."""
+        return self._published[0]
 
     @property
     def failure(self) -> UnknownWireShape | None:
@@ -521,6 +530,13 @@ class StatementGate:
 
     def _changed(self) -> None:
         self._version += 1
+        held = tuple(
+            stmt.snapshot()
+            for c in self._conns
+            for stmt in (c.blocked_at, c.blocked_at_sync)
+            if stmt is not None
+        )
+        self._published = (self._version, held)
         for check, future in list(self._waiters):
             if future.done():
                 continue

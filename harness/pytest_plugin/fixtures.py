@@ -31,11 +31,13 @@ def _turnproof_databases(pytestconfig: pytest.Config) -> DatabaseFactory:
 
 
 @pytest.fixture
-def turn_dsn(_turnproof_databases: DatabaseFactory) -> Iterator[str]:
-    """A fresh database with the adapter's schema; dropped after the test."""
-    dsn = _turnproof_databases.create()
+def turn_dsn(pytestconfig: pytest.Config, _turnproof_databases: DatabaseFactory) -> Iterator[str]:
+    """A fresh database with the adapter's schema; dropped after the test (in the
+    background, like the next one's clone: see harness.postgres.fresh_databases)."""
+    fresh = turnproof_run(pytestconfig).fresh_databases()
+    dsn = fresh.take_blocking()
     yield dsn
-    _turnproof_databases.drop(dsn)
+    fresh.drop_later(dsn)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from harness.contract import Adapter, TurnStore
 from harness.driver.client import DriverAdapter
 from harness.errors import TurnproofError, UsageError
 from harness.postgres.databases import DatabaseFactory
+from harness.postgres.fresh_databases import FreshDatabases
 from harness.postgres.resolver import PostgresServer, start_postgres
 from harness.proxy.server import RunningProxyServer
 from harness.pytest_plugin.time_bounds import BoundedAdapter
@@ -58,6 +59,7 @@ class TurnproofRun:
     _process_adapter: DriverAdapter | None = None
     _server: PostgresServer | None = None
     _factory: DatabaseFactory | None = None
+    _fresh: FreshDatabases | None = None
     _proxies: RunningProxyServer | None = None
 
     def adapter(self) -> Adapter:
@@ -108,6 +110,12 @@ class TurnproofRun:
             self._factory = DatabaseFactory(self._server.admin_dsn)
             self._factory.prepare_template(self.adapter().install, probe=self._probe_store)
         return self._factory
+
+    def fresh_databases(self) -> FreshDatabases:
+        """The scenarios' databases, each cloned while the scenario before it runs."""
+        if self._fresh is None:
+            self._fresh = FreshDatabases(self.databases())
+        return self._fresh
 
     async def _probe_store(self, dsn: str) -> None:
         """Connect once and close before any scenario: a missing operation, a connect() or
@@ -170,6 +178,9 @@ class TurnproofRun:
             if self._proxies is not None:
                 self._proxies.stop()
                 self._proxies = None
+            if self._fresh is not None:
+                self._fresh.close()
+                self._fresh = None
             if self._factory is not None:
                 self._factory.close()
         finally:

@@ -46,9 +46,15 @@ def restart_postgres(
             f"{run.postgres_description}"
         )
 
+    fresh = run.fresh_databases()
+
+    def settle_then_restart() -> None:
+        fresh.settle()  # no clone or drop of the run's own may meet the shutdown
+        server.restart()
+
     async def restart() -> None:
         # In a worker thread: the event loop keeps serving while the server is down
         # and recovering (the embedded server forks from a thread of its own anyway).
-        await anyio.to_thread.run_sync(server.restart)
+        await anyio.to_thread.run_sync(settle_then_restart)
 
     return restart

@@ -65,12 +65,6 @@ class ActorGate:
         """The actor's statements that were schedule steps, in order."""
         return self.gate.steps
 
-    def in_transaction(self, event: StatementEvent) -> bool:
-        """The statement runs inside an explicit transaction: the one before it on its
-        connection left the session in a transaction block, so its Sync commits nothing."""
-        earlier = [e for e in self.gate.events if e.conn_id == event.conn_id and e.seq < event.seq]
-        return bool(earlier) and earlier[-1].tx_status in ("T", "E")
-
     def text(self, event: StatementEvent) -> str:
         text = " ".join(event.text.split())
         return text if len(text) <= 90 else text[:87] + "..."

@@ -11,7 +11,7 @@ in advance; a forced schedule (a scenario's, `--race-schedule`, a rerun line) th
 a blocked actor to move is an InvalidInterleaving naming the step.
 
 At operation level a step is a whole operation. Each interleaving runs on a fresh
-database (harness.race.fresh_databases), so one cannot leak into the next.
+database (harness.postgres.fresh_databases), so one cannot leak into the next.
 """
 
 from __future__ import annotations
@@ -29,13 +29,16 @@ from harness.contract import Adapter, TurnStore
 from harness.db_clock import DatabaseClock
 from harness.errors import HarnessError, UsageError
 from harness.postgres.databases import DatabaseFactory, database_name, with_params
+from harness.postgres.fresh_databases import FreshDatabases
+from harness.proxy.proxy import Proxy
+from harness.proxy.registry import ProxyServer
 from harness.proxy.server import RunningProxyServer
+from harness.proxy.statement_gate import StatementGate
 from harness.race.actor_gate import ActorGate
 from harness.race.actors import Actor, application_name
 from harness.race.blocking import BlockingMonitor
 from harness.race.errors import InvalidInterleaving, InvalidRace, RaceFailure
 from harness.race.exploration import Exploration, Phases
-from harness.race.fresh_databases import FreshDatabases
 from harness.race.history import History
 from harness.race.outcome import RaceOutcome
 from harness.race.scenario import Context, Op, Produced, Race
@@ -59,7 +62,6 @@ from harness.race.strategies import (
 from harness.report.text_timeline import render_lanes
 from harness.report.timeline import timeline_of
 
-BACKEND_EXIT_POLL = 0.0005
 WALKS_UNTIL_PRODUCED = 10
 """Sampled schedules go on past --race-walks, up to this many times as many, until the
 race was produced: a sample in which it never happened proves nothing."""
@@ -173,9 +175,7 @@ class RaceEngine:
         try:
             return await self._run_on(dsn, race, chooser, control, check=check)
         finally:
-            with self.phases.timed("drop"):
-                await _until_unused(control, database_name(dsn), self.step_timeout)
-                self._fresh.drop_later(dsn)
+            self._fresh.drop_later(dsn)  # once its backends exited, off the engine's path
 
     async def aclose(self) -> None:
         """Close the engine's control connection and drop its databases."""
@@ -394,8 +394,10 @@ class RaceEngine:
         stores: dict[str, TurnStore] = {}
         actors: dict[str, Actor] = {}
         adapter = self._actors_adapter(race)
+        proxies: dict[str, tuple[Proxy, StatementGate]] = {}
         try:
             with self.phases.timed("connect"):  # every connection at once: they are independent
+                proxies.update(self._create_proxies(list(race.actors), dsn))
                 await _concurrently(
                     [partial(self._open_store, stores, "setup", dsn)]
                     + ([partial(self._open_store, stores, "reader", dsn)] if check else [])
@@ -407,6 +409,7 @@ class RaceEngine:
                             name,
                             ops,
                             dsn,
+                            *proxies.get(name, (None, None)),
                             context,
                             history,
                             transcript,
@@ -431,8 +434,9 @@ class RaceEngine:
             with self.phases.timed("close"):
                 await _concurrently(
                     [partial(_close_store, store) for store in stores.values()]
-                    + [partial(self._close_actor, actor) for actor in actors.values()]
+                    + [partial(_close_store, actor.store) for actor in actors.values()]
                 )
+                self._delete_proxies([proxy for proxy, _ in proxies.values()])
 
     async def _open_store(self, stores: dict[str, TurnStore], role: str, dsn: str) -> None:
         stores[role] = await self._connect(self.adapter, dsn, f"turnproof-{role}")
@@ -452,9 +456,9 @@ class RaceEngine:
         monitor: BlockingMonitor,
     ) -> RaceOutcome:
         trace = Trace()
-        for actor in actors:
-            if actor.gate is not None:
-                actor.gate.hold_steps()
+        gates = [actor.gate for actor in actors if actor.gate is not None]
+        if self.proxies is not None and gates:
+            self.proxies.call(lambda _: [gate.hold_steps() for gate in gates])
         try:
             with self.phases.timed("schedule"):
                 await Scheduler(self.statement_level, self.step_timeout).perform(
@@ -506,6 +510,27 @@ class RaceEngine:
             )
         return self.process_adapter()
 
+    def _create_proxies(self, names: list[str], dsn: str) -> dict[str, tuple[Proxy, StatementGate]]:
+        """A proxy listener with its gate for each actor, made in one call on the proxy
+        server's thread (one round trip per interleaving, not two per actor)."""
+        if self.proxies is None:
+            return {}
+        upstream = _host_port(dsn)
+
+        def create(registry: ProxyServer) -> dict[str, tuple[Proxy, StatementGate]]:
+            made = {}
+            for name in names:
+                self._counter += 1
+                proxy = registry.create_proxy(f"actor-{name}-{self._counter}", upstream)
+                made[name] = (proxy, proxy.gate())  # before connecting: it sees them open
+            return made
+
+        return self.proxies.call(create)
+
+    def _delete_proxies(self, proxies: list[Proxy]) -> None:
+        if self.proxies is not None and proxies:
+            self.proxies.call(lambda registry: [registry.delete_proxy(p.name) for p in proxies])
+
     async def _open_actor(
         self,
         actors: dict[str, Actor],
@@ -513,24 +538,20 @@ class RaceEngine:
         name: str,
         ops: list[Op],
         dsn: str,
+        proxy: Proxy | None,
+        gate: StatementGate | None,
         context: Context,
         history: History,
         transcript: list[str],
     ) -> None:
-        proxy = gate = None
-        if self.proxies is not None:
-            self._counter += 1
-            proxy = self.proxies.create_proxy(f"actor-{name}-{self._counter}", _host_port(dsn))
-            gate = ActorGate(proxy.gate())  # before connecting: it follows connections it saw open
+        actor_gate = None
+        if proxy is not None and gate is not None:
+            actor_gate = ActorGate(gate)
             dsn = with_params(dsn, host="127.0.0.1", port=str(proxy.port))
         store = await self._connect(adapter, dsn, application_name(name))
-        actors[name] = Actor(name, ops, store, history, context, transcript, proxy=proxy, gate=gate)
-
-    async def _close_actor(self, actor: Actor) -> None:
-        await _close_store(actor.store)
-        if actor.proxy is not None and self.proxies is not None:
-            name = actor.proxy.name
-            self.proxies.call(lambda registry: registry.delete_proxy(name))
+        actors[name] = Actor(
+            name, ops, store, history, context, transcript, proxy=proxy, gate=actor_gate
+        )
 
 
 async def _close_store(store: TurnStore) -> None:
@@ -553,24 +574,6 @@ async def _concurrently(calls: list[Callable[[], Awaitable[object]]]) -> None:
             group.start_soon(call, function)
     if errors:
         raise errors[0]
-
-
-async def _until_unused(
-    control: psycopg.AsyncConnection,
-    database: str,
-    timeout: float,  # noqa: ASYNC109
-) -> None:
-    """Until no backend is left in `database`: a closed client's backend exits a moment
-    later, and DROP DATABASE would sleep 100 ms for each one still there."""
-    with anyio.move_on_after(timeout):
-        while True:
-            cursor = await control.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
-            )
-            row = await cursor.fetchone()
-            if not row or not row[0]:
-                return
-            await anyio.sleep(BACKEND_EXIT_POLL)  # bounds a wait on other processes
 
 
 def _deviations(indices: Sequence[int]) -> int:

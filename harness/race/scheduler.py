@@ -224,7 +224,7 @@ class Scheduler:
             raise HarnessError(f"{actor.name} was parked and is not any more (gate state lost)")
         text = gate.text(event)
         if parked is _Parked.AT_COMMIT:  # its Sync: a commit, unless a transaction is open
-            text = f"{'complete' if gate.in_transaction(event) else 'commit'} ({text})"
+            text = f"{'complete' if event.in_transaction else 'commit'} ({text})"
         gate.release(event)
         transcript.append(f"step {actor.name}: {text}")
 
