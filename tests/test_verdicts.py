@@ -102,39 +102,6 @@ async def test_step_on_a_streaming_row(store):
     assert await store.append_step(message_id=shell, workspace_id="w", content="x", parts=[])
 """
 
-HANGING_FLUSH = """
-import anyio
-
-from reference_impl import adapter as reference
-
-
-class HangingFlush:
-    name = "hanging-flush"
-    capabilities = reference.capabilities
-
-    async def install(self, dsn):
-        await reference.install(dsn)
-
-    async def connect(self, dsn, *, clock=None):
-        store = await reference.connect(dsn, clock=clock)
-        writer = store.writer
-
-        async def hanging_writer(debounce, *, timers=None):
-            made = await writer(debounce, timers=timers)
-
-            async def flush(message_id):
-                await anyio.sleep_forever()
-
-            made.flush = flush
-            return made
-
-        store.writer = hanging_writer
-        return store
-
-
-adapter = HangingFlush()
-"""
-
 FLUSH_SCENARIO = """
 from datetime import timedelta
 
@@ -203,8 +170,18 @@ def test_classification_follows_the_error_tree(pytester, postgres_server):
     assert failures["test_plain_assertion"]["rerun"] == ""
 
 
-def test_a_hanging_operation_fails_its_test_naming_it(pytester, postgres_server):
-    pytester.makepyfile(hanging_step=HANGING_STEP, test_step=STEP_SCENARIO)
+@pytest.mark.parametrize(
+    ("scenario", "says"),
+    [
+        (STEP_SCENARIO, "OperationTimeout: adapter 'hanging-step': append_step(message_id="),
+        (FLUSH_SCENARIO, "OperationTimeout: adapter 'hanging-step': flush("),
+    ],
+    ids=["store-operation", "writer-operation"],
+)
+def test_a_hanging_operation_fails_its_test_naming_it(pytester, postgres_server, scenario, says):
+    """A store's operations and its streaming writers' are bounded alike (the writer's flush
+    hangs in the store's append_step, which it calls past the bound)."""
+    pytester.makepyfile(hanging_step=HANGING_STEP, test_scenario=scenario)
     pytester.syspathinsert()
     result, report = run_json(
         pytester,
@@ -213,35 +190,12 @@ def test_a_hanging_operation_fails_its_test_naming_it(pytester, postgres_server)
         "hanging_step:adapter",
         "--operation-timeout",
         "1",
-        "test_step.py",
+        "test_scenario.py",
     )
     (failure,) = report["failures"]
     assert failure["outcome"] == FAIL
-    assert failure["reason"].startswith(
-        "OperationTimeout: adapter 'hanging-step': append_step(message_id="
-    ), failure["reason"]
+    assert failure["reason"].startswith(says), failure["reason"]
     assert "did not return within 1 s" in failure["reason"]
-    assert result.ret == 1
-
-
-def test_a_hanging_writer_operation_fails_its_test_naming_it(pytester, postgres_server):
-    """A streaming writer's operations are bounded like the store's."""
-    pytester.makepyfile(hanging_flush=HANGING_FLUSH, test_flush=FLUSH_SCENARIO)
-    pytester.syspathinsert()
-    result, report = run_json(
-        pytester,
-        postgres_server.admin_dsn,
-        "--adapter",
-        "hanging_flush:adapter",
-        "--operation-timeout",
-        "1",
-        "test_flush.py",
-    )
-    (failure,) = report["failures"]
-    assert failure["outcome"] == FAIL
-    assert failure["reason"].startswith("OperationTimeout: adapter 'hanging-flush': flush("), (
-        failure["reason"]
-    )
     assert result.ret == 1
 
 
