@@ -432,6 +432,7 @@ class RaceEngine:
             return outcome
         finally:
             with self.phases.timed("close"):
+                self._open_gates([gate for _, gate in proxies.values()])
                 await _concurrently(
                     [partial(_close_store, store) for store in stores.values()]
                     + [partial(_close_store, actor.store) for actor in actors.values()]
@@ -526,6 +527,13 @@ class RaceEngine:
             return made
 
         return self.proxies.call(create)
+
+    def _open_gates(self, gates: list[StatementGate]) -> None:
+        """Let everything still held through before the actors close: a statement an actor
+        sent after its operation returned (a driver's rollback of a failed transaction)
+        stays held in step mode, and a client closing cleanly waits behind it."""
+        if self.proxies is not None and gates:
+            self.proxies.call(lambda _: [gate.open() for gate in gates])
 
     def _delete_proxies(self, proxies: list[Proxy]) -> None:
         if self.proxies is not None and proxies:
