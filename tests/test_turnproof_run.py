@@ -11,10 +11,13 @@ import json
 import re
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
+from reference_impl.broken_variant import CHANNELS
+from tests.driver_helpers import MARK_VARIABLE, marked
 from tests.turnproof_command import start_turnproof_run
 
 READY = re.compile(r"embedded PostgreSQL \S+ on \S+ ready in .* \(run dir (?P<run_dir>\S+)\)")
@@ -39,12 +42,26 @@ def assert_nothing_left(run_dir: Path) -> None:
 
 def test_main_job_passes_every_covered_requirement(tmp_path):
     """Also in a project whose own pytest configuration the suite must not pick up, and
-    leaving none of Hypothesis's storage behind in it."""
+    leaving none of Hypothesis's storage behind in it.
+
+    The project's one run of every scenario at the default race budget: it proves each
+    scenario the broken variants, network faults and writer kills are judged by can pass
+    (tests/test_broken_variants.py, tests/test_network_faults.py, tests/test_writer_kills.py),
+    none skipped, and that no process the run started (killed writers included) outlives it.
+    """
     (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = --an-option-of-the-users-project\n")
     report_path = tmp_path / "report.json"
-    code, output = finish(start_turnproof_run("--json", str(report_path), cwd=tmp_path))
+    mark = uuid.uuid4().hex
+    process = start_turnproof_run(
+        "--json", str(report_path), cwd=tmp_path, env={MARK_VARIABLE: mark}
+    )
+    code, output = finish(process)
     assert code == 0, output
     report = json.loads((tmp_path / "report.json").read_text())
+    unpassed = {s["nodeid"]: s["outcome"] for s in report["scenarios"] if s["outcome"] != "pass"}
+    assert unpassed == {}, output
+    assert {s["channel"] for s in report["scenarios"]} == set(CHANNELS), output
+    assert marked(mark) == set(), "a process of the run outlived it"
     statuses = {row["id"]: row["status"] for row in report["rows"]}
     families = ("MSG-", "USG-", "SWP-", "RUN-", "WS-")
     core = {i: s for i, s in statuses.items() if i.startswith(families)}
