@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from harness.contract import Clock
-from reference_impl import schema
 from reference_impl.store import PgTurnStore
 
 
@@ -36,6 +35,10 @@ class ReferenceAdapter:
         self.store_class = store_class
 
     async def install(self, dsn: str) -> None:
+        # Imported here: SQLAlchemy builds the DDL, and a store process (one per writer
+        # the kill scenarios start) never installs, so it need not import it.
+        from reference_impl import schema
+
         await schema.install(dsn)
 
     async def connect(self, dsn: str, *, clock: Clock | None = None) -> PgTurnStore:

@@ -42,7 +42,7 @@ from harness.contract import (
     UsageIn,
 )
 from reference_impl.broken_variant import BrokenVariant
-from reference_impl.schema import ONE_ACTIVE_RUN_INDEX, ONE_ROW_PER_TURN_INDEX
+from reference_impl.index_names import ONE_ACTIVE_RUN_INDEX, ONE_ROW_PER_TURN_INDEX
 from reference_impl.store import (
     BUMP_UPDATED_AT,
     INSERT_TURN_SQL,

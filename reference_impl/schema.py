@@ -37,10 +37,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-ONE_ACTIVE_RUN_INDEX = "runs_one_active_per_chat"
-"""The constraint name PostgreSQL reports when a second active run is refused."""
-ONE_ROW_PER_TURN_INDEX = "messages_one_per_turn"
-"""The unique index on (chat_id, turn_id, role) that makes persist idempotent."""
+from reference_impl.index_names import ONE_ACTIVE_RUN_INDEX, ONE_ROW_PER_TURN_INDEX
 
 _ACTIVE_RUN = text("status IN ('pending', 'running')")
 

@@ -36,7 +36,7 @@ from harness.contract import (
     Usage,
     UsageIn,
 )
-from reference_impl.schema import ONE_ACTIVE_RUN_INDEX
+from reference_impl.index_names import ONE_ACTIVE_RUN_INDEX
 from reference_impl.stream_writer import PgStreamWriter
 
 MESSAGE_COLUMNS = (
