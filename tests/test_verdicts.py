@@ -83,7 +83,9 @@ class HangingStep:
 adapter = HangingStep()
 """
 
-STEP_SCENARIO = """
+HANGING_SCENARIOS = """
+from datetime import timedelta
+
 import pytest
 
 pytestmark = pytest.mark.anyio
@@ -100,19 +102,6 @@ async def test_step_on_a_streaming_row(store):
     chat = await store.create_chat(workspace_id="w")
     shell = await store.persist_assistant_shell(chat_id=chat, workspace_id="w", turn_id="t")
     assert await store.append_step(message_id=shell, workspace_id="w", content="x", parts=[])
-"""
-
-FLUSH_SCENARIO = """
-from datetime import timedelta
-
-import pytest
-
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 @pytest.mark.requirement("CW-3a")
@@ -173,15 +162,15 @@ def test_classification_follows_the_error_tree(pytester, postgres_server):
 @pytest.mark.parametrize(
     ("scenario", "says"),
     [
-        (STEP_SCENARIO, "OperationTimeout: adapter 'hanging-step': append_step(message_id="),
-        (FLUSH_SCENARIO, "OperationTimeout: adapter 'hanging-step': flush("),
+        ("test_step_on_a_streaming_row", "hanging-step': append_step(message_id="),
+        ("test_flush", "hanging-step': flush("),
     ],
     ids=["store-operation", "writer-operation"],
 )
 def test_a_hanging_operation_fails_its_test_naming_it(pytester, postgres_server, scenario, says):
     """A store's operations and its streaming writers' are bounded alike (the writer's flush
     hangs in the store's append_step, which it calls past the bound)."""
-    pytester.makepyfile(hanging_step=HANGING_STEP, test_scenario=scenario)
+    pytester.makepyfile(hanging_step=HANGING_STEP, test_scenarios=HANGING_SCENARIOS)
     pytester.syspathinsert()
     result, report = run_json(
         pytester,
@@ -190,11 +179,11 @@ def test_a_hanging_operation_fails_its_test_naming_it(pytester, postgres_server,
         "hanging_step:adapter",
         "--operation-timeout",
         "1",
-        "test_scenario.py",
+        f"test_scenarios.py::{scenario}",
     )
     (failure,) = report["failures"]
     assert failure["outcome"] == FAIL
-    assert failure["reason"].startswith(says), failure["reason"]
+    assert failure["reason"].startswith(f"OperationTimeout: adapter '{says}"), failure["reason"]
     assert "did not return within 1 s" in failure["reason"]
     assert result.ret == 1
 
