@@ -314,6 +314,10 @@ async def test_sync_hold_keeps_the_statement_uncommitted(
         assert held.sync_held
         assert held.executes
         assert held.sent_at is None
+        version = gate.version
+        while not (held := gate.events[0]).executed:  # its Execute may still be on its way
+            version = await gate.wait_changed(version)
+        assert held.sync_held, "the Sync of an executed statement must still be held"
         tg.start_soon(insert, "waiter", waiter)
         await _wait_blocked(direct, f"waiter-{table}")  # the key is taken, but not yet committed
         if winner_ends == "commits":
