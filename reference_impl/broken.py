@@ -625,57 +625,11 @@ class StepKeepsUpdatedAt(PgTurnStore):
         )
 
 
-async def _finalize_storing(
-    store: PgTurnStore,
-    finalize_sql: str,
-    *,
-    message_id: str,
-    workspace_id: str,
-    status: str,
-    content: str,
-    stored_parts: list[dict[str, Any]],
-    usage: UsageIn | None,
-) -> bool:
-    """The reference's finalize statement with the parts a variant chose, unchecked."""
-    row = await store._one(
-        finalize_sql,
-        {
-            "message_id": message_id,
-            "workspace_id": workspace_id,
-            "status": status,
-            "content": content,
-            "parts": Jsonb(stored_parts),
-            **usage_params(usage),
-        },
-    )
-    return bool(row and row["n"])
-
-
 class FinalizeKeepsTextPartsOnly(PgTurnStore):
     """MSG-6a: finalize stores only the text parts it is given, dropping tool calls."""
 
-    async def finalize(
-        self,
-        *,
-        message_id: str,
-        workspace_id: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-        usage: UsageIn | None,
-    ) -> bool:
-        check_message_status(status)
-        texts = [p for p in parts if p.get("type") == "text"]
-        return await _finalize_storing(
-            self,
-            self.FINALIZE_SQL,
-            message_id=message_id,
-            workspace_id=workspace_id,
-            status=status,
-            content=content,
-            stored_parts=finished_parts(content, texts),
-            usage=usage,
-        )
+    def _stored_parts(self, content: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return finished_parts(content, [p for p in parts if p.get("type") == "text"])
 
 
 class FinalizeSparesAborted(PgTurnStore):
@@ -703,79 +657,23 @@ class FinalizeUncheckedStatus(PgTurnStore):
     """MSG-6d: finalize does not check the status: the schema's CHECK refuses most unknown
     ones with its own error, and 'streaming' is written."""
 
-    async def finalize(
-        self,
-        *,
-        message_id: str,
-        workspace_id: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-        usage: UsageIn | None,
-    ) -> bool:
-        return await _finalize_storing(
-            self,
-            self.FINALIZE_SQL,
-            message_id=message_id,
-            workspace_id=workspace_id,
-            status=status,
-            content=content,
-            stored_parts=finished_parts(content, parts),
-            usage=usage,
-        )
+    def _check_status(self, status: str) -> None:
+        pass
 
 
 class FinalizeWithoutMarker(PgTurnStore):
     """MSG-7a: an empty finalize stores no parts at all, not the '(no text response)' part."""
 
-    async def finalize(
-        self,
-        *,
-        message_id: str,
-        workspace_id: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-        usage: UsageIn | None,
-    ) -> bool:
-        check_message_status(status)
-        return await _finalize_storing(
-            self,
-            self.FINALIZE_SQL,
-            message_id=message_id,
-            workspace_id=workspace_id,
-            status=status,
-            content=content,
-            stored_parts=parts,
-            usage=usage,
-        )
+    def _stored_parts(self, content: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return parts
 
 
 class MarkerWheneverNoText(PgTurnStore):
     """MSG-7b: the '(no text response)' part is added whenever the content is empty, also
     to a finalize that has parts (tool calls)."""
 
-    async def finalize(
-        self,
-        *,
-        message_id: str,
-        workspace_id: str,
-        status: str,
-        content: str,
-        parts: list[dict[str, Any]],
-        usage: UsageIn | None,
-    ) -> bool:
-        check_message_status(status)
-        return await _finalize_storing(
-            self,
-            self.FINALIZE_SQL,
-            message_id=message_id,
-            workspace_id=workspace_id,
-            status=status,
-            content=content,
-            stored_parts=parts if content else [*parts, dict(NO_TEXT_PART)],
-            usage=usage,
-        )
+    def _stored_parts(self, content: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return parts if content else [*parts, dict(NO_TEXT_PART)]
 
 
 class FinalizeMissingRaises(PgTurnStore):

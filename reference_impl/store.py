@@ -323,7 +323,7 @@ class PgTurnStore:
         parts: list[dict[str, Any]],
         usage: UsageIn | None,
     ) -> bool:
-        check_message_status(status)
+        self._check_status(status)
         row = await self._one(
             self.FINALIZE_SQL,
             {
@@ -331,11 +331,19 @@ class PgTurnStore:
                 "workspace_id": workspace_id,
                 "status": status,
                 "content": content,
-                "parts": Jsonb(finished_parts(content, parts)),
+                "parts": Jsonb(self._stored_parts(content, parts)),
                 **usage_params(usage),
             },
         )
         return bool(row and row["n"])
+
+    def _check_status(self, status: str) -> None:
+        """Refuse an unknown finalize status (MSG-6); a seam the broken variants replace."""
+        check_message_status(status)
+
+    def _stored_parts(self, content: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The parts a finalize stores (MSG-7); a seam the broken variants replace."""
+        return finished_parts(content, parts)
 
     async def delete_message(self, *, message_id: str, workspace_id: str) -> bool:
         """Delete a message row (the streaming writer's `delete`; not a contract operation).
