@@ -234,7 +234,11 @@ async def test_every_connection_of_a_pooled_actor_is_watched_for_lock_waits(data
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("hypothesis_in_memory")
-async def test_a_failure_is_shrunk_stored_and_replayed_first(databases, proxies):
+async def test_a_failure_of_the_choice_tree_is_stored_as_found_and_replayed_first(
+    databases, proxies
+):
+    """The tree runs every schedule with fewer deviations first, so its failure needs no
+    shrinking: it is stored as it is and replayed first by the next exploration."""
     broken = load_adapter("reference_impl.broken:read_then_write_in_transaction")
     async with RaceEngine(broken, databases, proxies, rerun=lambda s: f"rerun {s}") as engine:
         with pytest.raises(RaceFailure) as first:
@@ -242,11 +246,24 @@ async def test_a_failure_is_shrunk_stored_and_replayed_first(databases, proxies)
         with pytest.raises(RaceFailure) as again:
             await engine.explore(LATE_STEP)
     found = first.value.outcome
-    assert "shrunk by Hypothesis" in str(first.value)
+    assert "found by exhaustive search" in str(first.value)
+    assert "shrunk" not in str(first.value)
     assert found.shortest == (Step("finalize"), Step("step"))
-    assert len(found.shortest) < len(found.schedule)
     assert "replayed from Hypothesis's example database" in str(again.value)
     assert again.value.outcome.shortest == found.shortest
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("hypothesis_in_memory")
+async def test_a_failure_of_a_walk_is_shrunk_by_hypothesis(databases, proxies):
+    broken = load_adapter("reference_impl.broken:read_then_write_in_transaction")
+    async with RaceEngine(broken, databases, proxies, mode="pct") as engine:
+        with pytest.raises(RaceFailure) as failure:
+            await engine.explore(LATE_STEP)
+    found = failure.value.outcome
+    assert "found by pct search" in str(failure.value)
+    assert "shrunk by Hypothesis" in str(failure.value)
+    assert found.shortest == (Step("finalize"), Step("step"))
 
 
 @pytest.mark.anyio

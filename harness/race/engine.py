@@ -6,7 +6,7 @@ twice: before it reaches the server, and executed before its commit (Sync). The
 scheduler (harness.race.scheduler) moves one actor at a time among those that can
 move; a chooser (harness.race.strategies) picks which: the choice tree for small races
 (every schedule, fewest preemptions first), then PCT or random walks, Hypothesis to
-search and to shrink a failure (harness.race.shrinking). Step counts are never guessed
+search and to shrink a walk's failure (harness.race.shrinking). Step counts are never guessed
 in advance; a forced schedule (a scenario's, `--race-schedule`, a rerun line) that asks
 a blocked actor to move is an InvalidInterleaving naming the step.
 
@@ -141,9 +141,9 @@ class RaceEngine:
         """Run the race under schedules chosen among the actors that can move: the choice
         tree, fewest preemptions first, up to `sample` schedules, then `walks` PCT
         schedules if the tree was not exhausted (or random walks, or Hypothesis's draws,
-        by mode); or under the forced schedules `schedules` makes. A failure is shrunk by
-        Hypothesis and raised as RaceFailure with its transcript and rerun line;
-        HarnessError when the race never happened.
+        by mode); or under the forced schedules `schedules` makes. A walk's failure is
+        shrunk by Hypothesis; a failure is stored and raised as RaceFailure with its
+        transcript and rerun line; HarnessError when the race never happened.
         """
         __tracebackhide__ = True
         started = time.perf_counter()
@@ -260,7 +260,9 @@ class RaceEngine:
         __tracebackhide__ = True
         tree, steps = ChoiceTree(), {}
         while not tree.exhausted and (cap is None or tree.leaves < cap):
-            outcome = await self._explore_one(race, exploration, tree.next_run(), hypothesis)
+            outcome = await self._explore_one(
+                race, exploration, tree.next_run(), hypothesis, fewest_deviations=True
+            )
             tree.expand(outcome.decisions)
             steps = {a: max(n, steps.get(a, 0)) for a, n in outcome.steps.items()}
         exploration.exhausted, exploration.preemptions = tree.exhausted, tree.covered
@@ -299,14 +301,28 @@ class RaceEngine:
         return exploration
 
     async def _explore_one(
-        self, race: Race, exploration: Exploration, chooser: Chooser, hypothesis: HypothesisSearch
+        self,
+        race: Race,
+        exploration: Exploration,
+        chooser: Chooser,
+        hypothesis: HypothesisSearch,
+        *,
+        fewest_deviations: bool = False,
     ) -> RaceOutcome:
-        """Run one searched schedule; on failure, shrink it with Hypothesis and raise."""
+        """Run one searched schedule; on failure, store it (shrunk by Hypothesis unless it
+        has the `fewest_deviations` any failing schedule can have) and raise."""
         __tracebackhide__ = True
         outcome, failed = await self._attempt(race, chooser)
         if failed:
             how = f"found by {exploration.mode} search after {exploration.run} passing schedules"
-            await self._raise_shrunk(race, outcome.indices, how, hypothesis)
+            if fewest_deviations:
+                hypothesis.store(outcome.indices)
+                how += (
+                    "; every schedule with fewer choices other than the non-preemptive one "
+                    "passed, so it is reported as found"
+                )
+            shrinker = None if fewest_deviations else hypothesis
+            await self._raise_shrunk(race, outcome.indices, how, shrinker)
         self._count(race, exploration, outcome)
         return outcome
 

@@ -3,9 +3,10 @@
 A schedule is a list of choice indices, one per decision point (see
 harness.race.strategies): Hypothesis draws such lists, and shrinks a failing one
 towards fewer and smaller indices, that is towards fewer preemptions and the shortest
-schedule that still fails. Failures found by the engine's own search (depth-first,
-PCT) are handed to Hypothesis through its example database, so they are shrunk the
-same way, stored, and replayed first on the next run.
+schedule that still fails. Failures found by the engine's PCT or random walks are
+handed to Hypothesis through its example database, so they are shrunk the same way,
+stored, and replayed first on the next run; a failure of the choice tree has the
+fewest deviations already and is only stored.
 
 Race scenarios are async tests running on an event loop, and a Hypothesis test is
 synchronous: Hypothesis runs in a worker thread and each example runs back on the
@@ -50,12 +51,19 @@ class HypothesisSearch:
         self.examples = 0
 
     async def replay_stored(self) -> tuple[int, ...] | None:
-        """The failing schedule stored by an earlier run, shrunk again, if it still fails."""
-        return await self._run([Phase.reuse, Phase.shrink], seed=None)
+        """The smallest failing schedule stored by an earlier run, if it still fails (stored
+        schedules were shrunk, or had the fewest deviations, when they were stored)."""
+        return await self._run([Phase.reuse], seed=None)
+
+    def store(self, failing: Sequence[int]) -> None:
+        """Keep a failing schedule that needs no shrinking, to be replayed first next time."""
+        database = settings.default.database
+        if database is not None:
+            database.save(self.key, choices_to_bytes(_as_list_choices(_trimmed(failing))))
 
     async def shrink(self, failing: Sequence[int]) -> tuple[int, ...]:
         """The smallest failing choice list Hypothesis finds from `failing`."""
-        found = await self._run([Phase.reuse, Phase.shrink], seed=tuple(failing))
+        found = await self._run([Phase.reuse, Phase.shrink], seed=_trimmed(failing))
         return found if found is not None else tuple(failing)
 
     async def search(self) -> tuple[int, ...] | None:
@@ -112,3 +120,12 @@ def _as_list_choices(indices: Sequence[int]) -> tuple[bool | int, ...]:
     for index in indices[:MAX_DECISIONS]:
         choices += [True, min(index, MAX_INDEX)]
     return (*choices, False)
+
+
+def _trimmed(indices: Sequence[int]) -> tuple[int, ...]:
+    """Without trailing 0s: every decision after the list takes index 0 anyway, and a
+    shorter list leaves Hypothesis's shrinker less to try."""
+    end = len(indices)
+    while end and not indices[end - 1]:
+        end -= 1
+    return tuple(indices[:end])
