@@ -23,6 +23,7 @@ from harness.postgres.resolver import PostgresServer
 BAD_ADAPTERS = """
 import anyio
 from reference_impl import adapter as reference
+from reference_impl import schema  # noqa: F401  (SQLAlchemy: imported before install()'s 1 s)
 
 
 class Wrapped:
