@@ -6,14 +6,19 @@ boot a server of its own.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+import scenarios
 from harness.adapter_loading import load_adapter
 from harness.postgres.databases import DatabaseFactory
 from harness.postgres.resolver import PostgresServer, start_postgres
@@ -28,6 +33,27 @@ HEAVY = (
 )
 """The tests that run a whole suite, minutes each where most take seconds, in the order
 they are dealt to the workers: with 3, the first worker gets the two shortest."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Where the environment forbids bytecode files (PYTHONDONTWRITEBYTECODE), the
+    processes these tests start (xdist workers, `turnproof run`, pytest, driver workers:
+    about a hundred) would each compile and assertion-rewrite the same two hundred modules
+    from source, half of the run's CPU; they share a bytecode cache in a directory of
+    this session instead, removed at its end, and nothing is written beside the sources.
+
+    Then import the scenario modules once, assertions rewritten, for every inner run of
+    this process: pytester keeps the modules imported before a run, and would otherwise
+    import and rewrite all of them again for each of the hundreds of inner runs."""
+    if os.environ.get("PYTHONDONTWRITEBYTECODE") and not hasattr(config, "workerinput"):
+        cache = tempfile.mkdtemp(prefix="turnproof-tests-bytecode-")
+        environment = pytest.MonkeyPatch()
+        environment.delenv("PYTHONDONTWRITEBYTECODE")
+        environment.setenv("PYTHONPYCACHEPREFIX", cache)
+        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+        config.add_cleanup(environment.undo)
+    for module in pkgutil.iter_modules(scenarios.__path__):
+        importlib.import_module(f"scenarios.{module.name}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
