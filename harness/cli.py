@@ -303,9 +303,13 @@ class _RunWatcher:
             self.verdict_line = report.verdict.line
 
 
-def _terminate_as_interrupt(_signum: int, _frame: FrameType | None) -> None:
-    """SIGTERM takes the same clean path as Ctrl-C: servers stopped, databases dropped."""
-    raise KeyboardInterrupt
+def _terminate_as_interrupt(_signum: int, frame: FrameType | None) -> None:
+    """SIGTERM takes the same clean path as Ctrl-C (servers stopped, databases dropped),
+    through the SIGINT handler in place (harness.pytest_plugin.interrupts may hold it)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # SIGINT ignored (a background job): stop all the same
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 if __name__ == "__main__":

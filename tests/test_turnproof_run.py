@@ -97,7 +97,8 @@ def test_broken_adapter_fails_msg4_and_cleans_up(tmp_path):
     assert_nothing_left(run_dir_of(output))
 
 
-def test_ctrl_c_stops_the_run_says_incomplete_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_run_says_incomplete_and_leaves_nothing(tmp_path, stop):
     report_path = tmp_path / "report.json"
     # The races, which come first, are left out, so the run is into the sequential
     # scenarios within seconds; RUN-1's sequential scenarios come later.
@@ -110,7 +111,7 @@ def test_ctrl_c_stops_the_run_says_incomplete_and_leaves_nothing(tmp_path):
             break
     else:
         pytest.fail("the run ended before any scenario passed:\n" + "".join(seen))
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     code, rest = finish(process)
     output = "".join(seen) + rest
     assert code == 130, output

@@ -5,6 +5,7 @@ an interrupted or partial run never says "conforming", failures explain themselv
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -186,6 +187,58 @@ def test_a_hanging_operation_fails_its_test_naming_it(pytester, postgres_server,
     assert failure["reason"].startswith(f"OperationTimeout: adapter '{says}"), failure["reason"]
     assert "did not return within 1 s" in failure["reason"]
     assert result.ret == 1
+
+
+INTERRUPTED_FIXTURE = """
+import asyncio
+import signal
+
+import anyio
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+async def half_set_up():
+    # Ctrl-C as the loop runs, while this set-up is suspended at its next await
+    asyncio.get_running_loop().call_soon(signal.raise_signal, signal.SIGINT)
+    await anyio.sleep(0)
+    print("SET UP")
+    yield
+    print("TORN DOWN")
+
+
+@pytest.mark.requirement("MSG-1a")
+async def test_interrupted_in_its_set_up(half_set_up):
+    print("RAN")
+
+
+@pytest.mark.requirement("MSG-1a")
+async def test_never_reached():
+    print("RAN TOO")
+"""
+
+
+def test_ctrl_c_in_a_fixtures_set_up_stops_the_run_after_that_set_up(pytester, postgres_server):
+    """anyio's runner would leave the set-up suspended and resume it during the session's
+    clean-up, after the run had reported itself interrupted: a half-made fixture that is
+    never torn down (in a real run, a connection's KeyboardInterrupt escaping as a
+    traceback). Held until the set-up is over, the interrupt stops the run cleanly."""
+    pytester.makepyfile(test_interrupted=INTERRUPTED_FIXTURE)
+    result, report = run_json(pytester, postgres_server.admin_dsn, "-s", "--adapter", "reference")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    assert report["interrupted"] is True, output
+    assert re.findall(r"SET UP|TORN DOWN|RAN", result.stdout.str()) == ["SET UP", "TORN DOWN"], (
+        output
+    )
+    assert "Traceback" not in output, output
 
 
 def outcome(requirement_id: str, result: str) -> ScenarioOutcome:

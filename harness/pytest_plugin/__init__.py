@@ -12,6 +12,7 @@ A small package, one job per module (pytest-xdist's layout is the model):
 - `verdicts`: reports folded into the matrix and verdict, serial or under pytest-xdist;
 - `fixtures`: `adapter`, `turn_dsn`, `store`, `open_store`, `db_clock`;
 - `time_bounds`: the bound on every in-process adapter call;
+- `interrupts`: Ctrl-C held while a fixture is set up or torn down, raised right after;
 - sub-plugins `network_faults` (`faulty_store`), `server_restart` (`restart_postgres`) and
   the race engine's own `harness.race.pytest_plugin` (`race_engine`).
 
@@ -32,6 +33,7 @@ pytest_plugins = [
     "harness.pytest_plugin.hooks",
     "harness.pytest_plugin.verdicts",
     "harness.pytest_plugin.fixtures",
+    "harness.pytest_plugin.interrupts",
     "harness.pytest_plugin.network_faults",
     "harness.pytest_plugin.server_restart",
     "harness.race.pytest_plugin",
