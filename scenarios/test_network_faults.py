@@ -446,6 +446,27 @@ def fault_id(fault: WireFault) -> str:
     return f"{fault.toxic}-{fault.stream}"
 
 
+async def cut_short_by(
+    fault: WireFault, replica: FaultyReplica, operation: Awaitable[Any], what: str
+) -> BaseException:
+    """The operation's error under the fault. A timeout on the answers closes the
+    connection once the server's answer was dropped: through the harness's gate, as soon as
+    the gate saw that answer (the toxic's timeout 0 drops answers and never closes; the
+    proxy is then taken down); through a real Toxiproxy, after the toxic's own delay, which
+    only bounds how long its server may take to answer (the premise checks it did)."""
+    if not (fault.toxic == "timeout" and fault.answer_lost and replica.has_gate):
+        replica.add_toxic(fault.toxic, stream=fault.stream, **fault.attributes)
+        return await cut_short(operation, what)
+    gate, first = replica.gate, len(replica.gate.events)
+    replica.add_toxic(fault.toxic, stream=fault.stream, timeout=0)
+    async with in_background(operation) as outcome:
+        version = gate.version
+        while not any(event.answered_at is not None for event in gate.events[first:]):
+            version = await gate.wait_changed(version)
+        replica.down()
+    return raised(outcome, what)
+
+
 def server_answered(fault: WireFault, replica: FaultyReplica, first_seq: int) -> bool:
     """Whether the server answered a statement of the operation (executed it, or, for a
     describe-first client, answered its Parse/Describe) and the fault then lost that answer,
@@ -476,9 +497,10 @@ async def test_retry_after_a_lost_request_or_answer_converges(
     await operation.setup(healthy)
     replica = await connected(faulty_store, "cut")
     first_seq = len(replica.gate.events) + 1 if replica.has_gate else 0
-    replica.add_toxic(fault.toxic, stream=fault.stream, **fault.attributes)
 
-    await cut_short(operation.attempt(replica.store), f"an operation under {fault}")
+    await cut_short_by(
+        fault, replica, operation.attempt(replica.store), f"an operation under {fault}"
+    )
 
     landed = await operation.landed(healthy)
     if fault.answer_lost:
@@ -548,9 +570,8 @@ async def test_finalize_cut_on_the_wire_lands_whole_or_not_at_all(faulty_store, 
     turn = await stepped_turn(healthy)
     before = await assistant_row(healthy, turn)
     replica = await connected(faulty_store, "cut")
-    replica.add_toxic(fault.toxic, stream=fault.stream, **fault.attributes)
 
-    await cut_short(finalize(replica.store, turn), f"finalize under {fault}")
+    await cut_short_by(fault, replica, finalize(replica.store, turn), f"finalize under {fault}")
 
     await finalize_landed_whole_or_not_at_all(healthy, turn, before, str(fault))
 
