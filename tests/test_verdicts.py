@@ -62,6 +62,7 @@ import anyio
 import pytest
 
 from reference_impl import adapter as reference
+from reference_impl import schema  # noqa: F401  (SQLAlchemy: imported before install()'s 1 s)
 
 
 class HangingStep:
