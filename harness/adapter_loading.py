@@ -23,10 +23,16 @@ class AdapterLoadError(UsageError):
     """The adapter spec does not lead to a usable Adapter: the user's set-up, exit 2."""
 
 
+def import_path(spec: str | None) -> str:
+    """The `package.module:attr` a spec names: itself, or a registered name resolved."""
+    spec = (spec or DEFAULT_ADAPTER).strip()
+    return _resolve_entry_point(spec) if ":" not in spec else spec
+
+
 def load_adapter(spec: str | None) -> Adapter:
     """Resolve `package.module:attr` or a registered name to a checked Adapter."""
     spec = (spec or DEFAULT_ADAPTER).strip()
-    target = _resolve_entry_point(spec) if ":" not in spec else spec
+    target = import_path(spec)
     module_name, _, attr_path = target.partition(":")
     if not module_name or not attr_path:
         raise AdapterLoadError(
