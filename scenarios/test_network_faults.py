@@ -457,12 +457,12 @@ async def cut_short_by(
     if not (fault.toxic == "timeout" and fault.answer_lost and replica.has_gate):
         replica.add_toxic(fault.toxic, stream=fault.stream, **fault.attributes)
         return await cut_short(operation, what)
-    gate, first = replica.gate, len(replica.gate.events)
+    first_seq = len(replica.gate.events) + 1
     replica.add_toxic(fault.toxic, stream=fault.stream, timeout=0)
     async with in_background(operation) as outcome:
-        version = gate.version
-        while not any(event.answered_at is not None for event in gate.events[first:]):
-            version = await gate.wait_changed(version)
+        version = replica.gate.version
+        while not server_answered(fault, replica, first_seq):
+            version = await replica.gate.wait_changed(version)
         replica.down()
     return raised(outcome, what)
 

@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import NoReturn
 
 import anyio
 import psycopg
@@ -315,14 +316,14 @@ class RaceEngine:
         outcome, failed = await self._attempt(race, chooser)
         if failed:
             how = f"found by {exploration.mode} search after {exploration.run} passing schedules"
-            if fewest_deviations:
-                hypothesis.store(outcome.indices)
-                how += (
-                    "; every schedule with fewer choices other than the non-preemptive one "
-                    "passed, so it is reported as found"
-                )
-            shrinker = None if fewest_deviations else hypothesis
-            await self._raise_shrunk(race, outcome.indices, how, shrinker)
+            if not fewest_deviations:
+                await self._raise_shrunk(race, outcome.indices, how, hypothesis)
+            hypothesis.store(outcome.indices)
+            how += (
+                "; every schedule with fewer choices other than the non-preemptive one "
+                "passed, so it is reported as found"
+            )
+            await self._raise_shrunk(race, outcome.indices, how)
         self._count(race, exploration, outcome)
         return outcome
 
@@ -351,8 +352,8 @@ class RaceEngine:
         indices: Sequence[int],
         how: str,
         hypothesis: HypothesisSearch | None = None,
-    ) -> None:
-        """Shrink (unless Hypothesis already did), then fail with the shrunk schedule."""
+    ) -> NoReturn:
+        """Shrink (if given Hypothesis to), then fail with the shrunk schedule."""
         __tracebackhide__ = True
         if hypothesis is not None:
             shrunk = await hypothesis.shrink(indices)
