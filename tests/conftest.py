@@ -11,6 +11,7 @@ import json
 import os
 import pkgutil
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,7 +45,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
     Then import the scenario modules once, assertions rewritten, for every inner run of
     this process: pytester keeps the modules imported before a run, and would otherwise
-    import and rewrite all of them again for each of the hundreds of inner runs."""
+    import and rewrite all of them again for each of the hundreds of inner runs.
+
+    A run started in the background by a script (`pytest &`) inherits SIGINT ignored, and
+    so would the runs whose Ctrl-C some tests check: they get the default handling back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if os.environ.get("PYTHONDONTWRITEBYTECODE") and not hasattr(config, "workerinput"):
         cache = tempfile.mkdtemp(prefix="turnproof-tests-bytecode-")
         environment = pytest.MonkeyPatch()
