@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from hypothesis import strategies as st
+
 from harness import Message, RunAlreadyActive, TurnStore, Usage, UsageIn
 from harness.contract import (
     ACTIVE_RUN_STATUSES,
@@ -331,6 +333,11 @@ STEPS = ("the first step", "the first step, the second", "the first step, the se
 """Successive step contents of one streaming turn (each step carries the text so far)."""
 
 FINAL = "the final answer"
+
+STORABLE_TEXT = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+"""Any Unicode scalar value PostgreSQL can keep: every code point but NUL and surrogates
+(category Cs). The same characters as `codec="utf-8"`, without Hypothesis encoding every
+code point to find them: two seconds of CPU in each process that draws them."""
 
 
 @dataclass(frozen=True)

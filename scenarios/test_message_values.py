@@ -36,6 +36,7 @@ from harness import InvalidArgument, Message, TurnStore
 
 from .support import (
     RACE_WS,
+    STORABLE_TEXT,
     existing_message,
     new_turn_id,
     new_workspace,
@@ -65,9 +66,6 @@ ones, each a handful of operations, so it stays cheap through a driver too), no 
 database."""
 
 # --- strategies ------------------------------------------------------------------------------
-
-STORABLE_TEXT = st.characters(codec="utf-8", exclude_characters="\x00")
-"""Any Unicode scalar value PostgreSQL can keep: every code point but NUL and surrogates."""
 
 TRICKY_STRINGS = (
     "",

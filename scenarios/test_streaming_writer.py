@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from harness import TurnStore
 from harness.virtual_time import VirtualClock
 
-from .support import Turn, streaming_turn, text_parts
+from .support import STORABLE_TEXT, Turn, streaming_turn, text_parts
 from .writer_support import (
     WINDOW,
     Wire,
@@ -275,7 +275,7 @@ async def test_delete_during_a_write_in_flight(faulty_store, open_store):
 
 # CW-6 ---------------------------------------------------------------------------------------
 
-DELTA = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=8)
+DELTA = st.text(STORABLE_TEXT, min_size=1, max_size=8)
 """A text delta: any text PostgreSQL stores (no NUL)."""
 
 STEP = st.one_of(

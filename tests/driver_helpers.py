@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +54,36 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
-def children(parent: int | None = None) -> set[int]:
-    """The live children of `parent` (this process by default)."""
-    parent = os.getpid() if parent is None else parent
-    found = set()
+def parents() -> dict[int, int]:
+    """Every live process's parent, by pid."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # it ended while we looked
-        if int(fields[1]) == parent:
-            found.add(int(stat.parent.name))
+        found[int(stat.parent.name)] = int(fields[1])
     return found
+
+
+def children(parent: int | None = None) -> set[int]:
+    """The live children of `parent` (this process by default)."""
+    parent = os.getpid() if parent is None else parent
+    return {pid for pid, its_parent in parents().items() if its_parent == parent}
+
+
+def descendants(ancestor: int | None = None, *, since: Collection[int] = ()) -> set[int]:
+    """The live processes below `ancestor` (this process by default): its children, the
+    workers a fork server of it forked, and so on down; none below a process of `since`
+    (those that were there before: a database server's new backends are not new here)."""
+    ancestor = os.getpid() if ancestor is None else ancestor
+    known = parents()
+    found: set[int] = set()
+    level = {ancestor}
+    while level:
+        level = {pid for pid, parent in known.items() if parent in level and parent not in since}
+        found |= level
+    return found - set(since)
 
 
 def marked(mark: str) -> set[int]:

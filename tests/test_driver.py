@@ -45,7 +45,10 @@ from tests.driver_helpers import (
     WORKER,
     alive,
     children,
+    descendants,
     misbehaving,
+    node_driver_command,
+    parents,
     until_waiting_on_a_lock,
 )
 
@@ -344,18 +347,65 @@ def test_a_driver_that_does_not_start_is_one_clear_line(command, says):
     assert "\n" not in text
 
 
-async def test_no_driver_process_outlives_its_store_or_its_adapter(dsn):
-    before = children()
-    adapter = DriverAdapter(WORKER, spares=2)
+@pytest.mark.parametrize("driver", ["forked-python-worker", "started-node-driver"])
+async def test_no_driver_process_outlives_its_store_or_its_adapter(dsn, driver):
+    command = WORKER if driver == "forked-python-worker" else node_driver_command()
+    before = descendants()
+    adapter = DriverAdapter(command, spares=2)
     stores = [await adapter.connect(dsn) for _ in range(3)]
     pids = {s.worker_pid for s in stores}
-    spares = children() - before - pids
+    spares = {pid for pid in descendants(since=before) - pids if not children(pid)}  # no server
     assert len(spares) == 2, "two spares wait, started ahead of need"
     for store in stores:
         await store.aclose()
     assert not any(alive(pid) for pid in pids), "a store's process ends with the store"
     adapter.close()
-    assert children() - before == set(), "closing the adapter ends its spares"
+    assert descendants(since=before) == set(), "closing the adapter ends its spares and server"
+
+
+async def test_python_workers_are_forks_of_one_server_which_reports_how_they_ended(dsn):
+    """The worker's own command, run by this interpreter, is forked from a server that
+    imported the adapter once; only that server learns how a worker ended, and says."""
+    adapter = DriverAdapter(WORKER, spares=0)
+    stores = [await adapter.connect(dsn) for _ in range(2)]
+    try:
+        servers = {parents()[store.worker_pid] for store in stores}
+        assert len(servers) == 1, "one server forked both workers"
+        assert servers <= children(), "the server is the harness's child, the workers are not"
+        os.kill(stores[0].worker_pid, signal.SIGTERM)
+        with pytest.raises(DriverExited, match="was killed by SIGTERM"):
+            await stores[0].create_chat(workspace_id="w")
+        assert await stores[1].create_chat(workspace_id="w"), "the other worker still serves"
+    finally:
+        for store in stores:
+            await store.aclose()
+        adapter.close()
+    assert not any(alive(pid) for pid in servers), "closing the adapter ends its server"
+
+
+THREAD_ON_IMPORT = """
+import threading
+
+from reference_impl.adapter import ReferenceAdapter
+
+threading.Thread(target=threading.Event().wait, daemon=True).start()  # a fork lacks it
+adapter = ReferenceAdapter(name="thread-on-import")
+"""
+
+
+async def test_an_adapter_that_starts_a_thread_on_import_gets_started_workers(
+    tmp_path, monkeypatch, dsn
+):
+    (tmp_path / "thread_on_import.py").write_text(THREAD_ON_IMPORT)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    adapter = DriverAdapter([*WORKER[:-1], "thread_on_import:adapter"], spares=0)
+    store = await adapter.connect(dsn)
+    try:
+        assert parents()[store.worker_pid] == os.getpid(), "started by the harness, not forked"
+        assert await store.create_chat(workspace_id="w")
+    finally:
+        await store.aclose()
+        adapter.close()
 
 
 async def test_the_clock_offset_reaches_the_worker(tmp_path, monkeypatch, dsn):

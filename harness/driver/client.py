@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import anyio
 
@@ -53,6 +53,7 @@ from harness.contract import (
     TurnStore,
 )
 from harness.driver import protocol
+from harness.driver.fork_server import ForkServer
 from harness.driver.protocol import Hello, ProtocolViolation, WireError
 from harness.errors import HarnessError, ImplementationFailure, TurnproofError, UsageError
 from harness.requirements import CAPABILITIES
@@ -116,6 +117,16 @@ def resolve_command(command: Sequence[str]) -> list[str]:
     return command
 
 
+def forkable_worker(command: Sequence[str]) -> str | None:
+    """The adapter of `python -m harness.worker --adapter SPEC` run by this interpreter,
+    whose processes are forked from a fork server (harness.driver.fork_server) instead of
+    started: the same worker, without importing the adapter each time."""
+    match list(command):
+        case [python, "-m", "harness.worker", "--adapter", spec] if python == sys.executable:
+            return spec
+    return None
+
+
 def clock_offset(clock: Clock | None) -> float | None:
     """A Python clock cannot cross a process boundary; its offset from real time can."""
     if clock is None:
@@ -151,6 +162,8 @@ class DriverAdapter:
         self.capabilities = frozenset(self.hello.capabilities)
         self._spares: deque[_Child] = deque()
         self._children: set[_Child] = set()  # every process of this adapter not yet released
+        self._forked_adapter = forkable_worker(self.command)
+        self._fork_server: ForkServer | None = None
 
     @classmethod
     def from_command_line(cls, command: str) -> DriverAdapter:
@@ -190,6 +203,9 @@ class DriverAdapter:
         self._spares.clear()
         for child in list(self._children):
             child.release()
+        if self._fork_server is not None:
+            self._fork_server.close()
+            self._fork_server = None
 
     async def _start(self) -> DriverProcess:
         child = self._spares.popleft() if self._spares else self._spawn()
@@ -198,7 +214,18 @@ class DriverAdapter:
         return await DriverProcess.handshake(child, self.hello, self.timeout)
 
     def _spawn(self) -> _Child:
-        return _Child.spawn(self.command, self.shown, self._children)
+        return _Child.spawn(self.command, self.shown, self._children, self._server())
+
+    def _server(self) -> ForkServer | None:
+        """The fork server of a forkable worker command, started at the first spawn."""
+        if self._forked_adapter is not None and self._fork_server is None:
+            server = ForkServer(self._forked_adapter, answer_within=self.timeout)
+            if server.forkable():
+                self._fork_server = server
+            else:
+                server.close()
+                self._forked_adapter = None
+        return self._fork_server
 
     def __repr__(self) -> str:
         return f"<DriverAdapter {self.name!r}: {self.shown}>"
@@ -339,46 +366,79 @@ for _name in WRITER_OPERATIONS:
 # One child process ------------------------------------------------------------------------
 
 
+class _Process(Protocol):
+    """What a driver needs of its process: a subprocess.Popen, or a ForkedProcess."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int | None: ...
+
+
 class _Child:
     """A started driver process and its pipes, usable from any event loop."""
 
     def __init__(
-        self, popen: subprocess.Popen[bytes], shown: str, stderr: IO[bytes], owner: set[_Child]
+        self,
+        process: _Process,
+        pipes: tuple[int, int],
+        shown: str,
+        stderr: IO[bytes],
+        owner: set[_Child],
     ) -> None:
-        assert popen.stdin is not None
-        assert popen.stdout is not None
-        self.popen = popen
+        self.process = process
         self.shown = shown
         self.stderr = stderr
-        self.stdin = popen.stdin.fileno()
-        self.stdout = popen.stdout.fileno()
+        self.stdin, self.stdout = pipes
         os.set_blocking(self.stdin, False)
         os.set_blocking(self.stdout, False)
         self._buffer = bytearray()
         self.released = False
         self._owner = owner
         owner.add(self)
-        _LIVE.add(popen.pid)
+        _LIVE.add(process.pid)
 
     @classmethod
-    def spawn(cls, command: list[str], shown: str, owner: set[_Child]) -> _Child:
+    def spawn(
+        cls, command: list[str], shown: str, owner: set[_Child], fork_server: ForkServer | None
+    ) -> _Child:
+        """Start `command`, or fork it from `fork_server` (which runs that same worker)."""
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by release)
+        their_stdin, stdin = os.pipe()
+        stdout, their_stdout = os.pipe()
+        process: _Process
         try:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                start_new_session=True,  # Ctrl-C reaches the harness, which closes its drivers
-            )
-        except OSError as exc:
+            if fork_server is not None:
+                process = fork_server.start(their_stdin, their_stdout, stderr.fileno())
+            else:
+                process = subprocess.Popen(
+                    command,
+                    stdin=their_stdin,
+                    stdout=their_stdout,
+                    stderr=stderr,
+                    start_new_session=True,  # Ctrl-C reaches the harness, which ends its drivers
+                )
+        except BaseException as exc:
+            for fd in (stdin, stdout):
+                os.close(fd)
             stderr.close()
-            raise DriverStartError(f"--adapter-cmd {shown!r}: cannot start it: {exc}") from None
-        return cls(popen, shown, stderr, owner)
+            if isinstance(exc, OSError):
+                raise DriverStartError(f"--adapter-cmd {shown!r}: cannot start it: {exc}") from None
+            raise
+        finally:
+            os.close(their_stdin)
+            os.close(their_stdout)
+        return cls(process, (stdin, stdout), shown, stderr, owner)
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
 
     async def read_line(self) -> bytes:
         """The next line, without its newline; EOFError at the end of the driver's output."""
@@ -413,24 +473,24 @@ class _Child:
         bounds the wait for another process, and starts no thread that could outlive it."""
         with anyio.move_on_after(seconds):
             while True:
-                if self.popen.poll() is not None:
+                if self.process.poll() is not None:
                     break
                 await anyio.sleep(EXIT_POLL)
-        return self.popen.returncode
+        return self.process.returncode
 
     def signal(self, number: signal.Signals) -> None:
         """Send `number` to its process group, if it is not reaped yet."""
-        if self.popen.returncode is None:  # not reaped yet, so its pid names it still
+        if self.process.returncode is None:  # not reaped yet, so its pid names it still
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, number)
+                os.killpg(self.process.pid, number)
 
     def kill(self) -> None:
         """SIGKILL its process group (a wrapper script's children too) and reap it. The pipes
         stay open, so a task reading them sees their end rather than a closed descriptor."""
-        if self.popen.returncode is None:
+        if self.process.returncode is None:
             self.signal(signal.SIGKILL)
-            self.popen.wait()
-        _LIVE.discard(self.popen.pid)
+            self.process.wait()
+        _LIVE.discard(self.process.pid)
 
     def release(self) -> None:
         """Kill it if need be, then close its pipes and its stderr file."""
@@ -439,9 +499,8 @@ class _Child:
         self.released = True
         self._owner.discard(self)
         self.kill()
-        for pipe in (self.popen.stdin, self.popen.stdout):
-            if pipe is not None:
-                pipe.close()
+        os.close(self.stdin)
+        os.close(self.stdout)
         self.stderr.close()
 
     def stderr_tail(self) -> list[str]:
@@ -525,7 +584,7 @@ class DriverProcess:
             reason = (
                 f"no hello within {answer_within:g} s"
                 if isinstance(exc, TimeoutError)
-                else f"{_exit_reason(child.popen.returncode)} before its hello"
+                else f"{_exit_reason(child.returncode)} before its hello"
             )
             raise DriverStartError(
                 f"--adapter-cmd {child.shown!r} (pid {child.pid}): {reason}{_last_line(tail)}"
@@ -593,7 +652,7 @@ class DriverProcess:
             line = await self.child.read_line()
         except EOFError:
             await self.child.wait(EXIT_TIMEOUT)
-            await self.fail(DriverExited, _exit_reason(self.child.popen.returncode))
+            await self.fail(DriverExited, _exit_reason(self.child.returncode))
             return
         except ProtocolViolation as exc:
             await self.fail(DriverProtocolError, f"broke the protocol: {exc}; killed it")
