@@ -118,7 +118,11 @@ class SuiteRun:
 
 @pytest.fixture
 def run_scenarios(pytester: pytest.Pytester, postgres_server: PostgresServer):
-    """Run (a selection of) the shipped scenarios in-process against an adapter."""
+    """Run (a selection of) the shipped scenarios in-process against an adapter.
+
+    Failures are shown as Python prints them (`--tb=native`; `args` can ask for another
+    style): these tests judge outcomes, and pytest's own style parses the source file of
+    every frame of every failure, a sixth of the CPU of a run of the broken variants."""
 
     def run(adapter: str, *args: str, target: str = "scenarios") -> SuiteRun:
         report_path = pytester.path / "report.json"
@@ -127,6 +131,7 @@ def run_scenarios(pytester: pytest.Pytester, postgres_server: PostgresServer):
             target,
             "-p",
             "no:cacheprovider",
+            "--tb=native",
             "--adapter",
             adapter,
             "--pg-dsn",

@@ -54,10 +54,10 @@ DRIVER_RACE_BUDGET = ("--race-sample", "3", "--race-walks", "1")
 
 
 WORKER_SUBSET = "not races and not network_faults and not writer_kills and not server_restart"
-"""What the Python worker runs: every sequential scenario that talks to it alone. A worker
-takes half a second to start and each race actor, killed writer or proxied replica is one
-more; the Node driver's full run below takes those through the protocol, and every suite
-kills Python workers in its kill scenarios."""
+"""What the Python worker runs: every sequential scenario that talks to it alone. Each race
+actor, killed writer or proxied replica is one more worker with its own connection; the
+Node driver's run below takes those through the protocol, and every suite kills Python
+workers in its kill scenarios."""
 
 OUTSIDE_SUBSET = frozenset({"RUN-3"})
 """Core requirements with no scenario in WORKER_SUBSET."""

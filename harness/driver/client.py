@@ -6,11 +6,12 @@ An implementation in any language plugs in as an executable speaking JSON lines.
 contract operation by a round trip to its process. The process is the replica:
 killing it (`store.worker_pid`) is killing a writer.
 
-Processes are plain `subprocess.Popen` children whose pipes are awaited with
-`anyio.wait_readable`/`wait_writable`, so one is not tied to the event loop it was
-started in. That is what lets the adapter keep a few *spares* started ahead of
-need: an interpreter that takes half a second to import its implementation would
-otherwise make every `connect` that slow, and the race scenarios open several
+Processes are `subprocess.Popen` children (or, for this interpreter's own
+`python -m harness.worker`, forks of a fork server: harness.driver.fork_server) whose
+pipes are awaited with `anyio.wait_readable`/`wait_writable`, so one is not tied to
+the event loop it was started in. That is what lets the adapter keep a few *spares*
+started ahead of need: a driver that takes half a second to start would otherwise
+make every `connect` that slow, and the race scenarios open several
 replicas inside a one-second staleness window. A spare is idle (no store, no
 database connection) and is killed when the adapter closes; a store's process is
 killed when the store closes.
