@@ -291,9 +291,9 @@ class _RunWatcher:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-        """Before pytest's terminal reporter renders the interrupt: on Python 3.11 a frame
-        interrupted at an instruction without a line number makes that rendering raise
-        (an internal error), and the hooks after it would never learn of the interrupt."""
+        """Before pytest's terminal reporter renders the interrupt: should that rendering
+        raise (as it did on a frame interrupted where it has no line number, which the
+        plugin's `interrupts` now repairs first), the hooks after it never run."""
         from harness.pytest_plugin.verdicts import is_user_interrupt
 
         self.interrupted = self.interrupted or is_user_interrupt(excinfo)

@@ -242,6 +242,46 @@ def test_ctrl_c_in_a_fixtures_set_up_stops_the_run_after_that_set_up(pytester, p
     assert "Traceback" not in output, output
 
 
+INTERRUPTED_WHERE_NO_LINE_IS = """
+import sys
+import types
+
+import pytest
+
+
+def frame_and_instruction_without_a_line():
+    try:
+        pass
+    finally:
+        pass
+    frame = sys._getframe()
+    return frame, next(s for s, _, line in frame.f_code.co_lines() if line is None)
+
+
+@pytest.mark.requirement("MSG-1a")
+def test_interrupted():
+    frame, instruction = frame_and_instruction_without_a_line()
+    where = types.TracebackType(None, frame, instruction, -1)
+    assert where.tb_lineno is None
+    raise KeyboardInterrupt().with_traceback(where)
+"""
+
+
+def test_an_interrupt_at_an_instruction_without_a_line_number_still_ends_as_interrupted(
+    pytester, postgres_server
+):
+    """Python 3.11 can interrupt a frame where its traceback then has no line number (seen
+    with SIGTERM in CI); pytest's own report of the interrupt raised TypeError on it, and
+    the run ended with a traceback and exit 1."""
+    pytester.makepyfile(test_interrupted=INTERRUPTED_WHERE_NO_LINE_IS)
+    result, report = run_json(pytester, postgres_server.admin_dsn, "--adapter", "reference")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    assert report["interrupted"] is True, output
+    assert "TypeError" not in output, output
+    assert "KeyboardInterrupt" in output, output
+
+
 def outcome(requirement_id: str, result: str) -> ScenarioOutcome:
     return ScenarioOutcome(f"scenarios.x::test_{requirement_id}", (requirement_id,), result)
 

@@ -6,9 +6,10 @@ one per killed writer, and one per store when the whole suite goes through the w
 hundreds in all. The fork server imports the worker and the adapter's module once; each
 worker is then a fork of it, which skips the imports and runs the same `worker.main`.
 
-The server runs as `python -c SERVER FD ADAPTER` and does nothing
-but fork: single-threaded, no event loop, no connection, so a fork of it is as clean as
-a fresh interpreter that made the same imports. Over the Unix socket FD it receives a
+The server runs as `python -c SERVER FD ADAPTER` and does nothing but fork:
+single-threaded, no event loop, no connection, so a fork of it is as clean as a fresh
+interpreter that made the same imports (if importing the adapter started a thread, it
+says so, and the harness starts its workers instead). Over the Unix socket FD it receives a
 request carrying a worker's stdin, stdout and stderr descriptors (SCM_RIGHTS), forks,
 and answers with the worker's pid; it reaps every worker and reports its exit status
 on the same socket, since only a parent can learn it. Each worker leads a process group

@@ -11,7 +11,9 @@ each bounded by the operation timeout, and raised as soon as that step is over; 
 second Ctrl-C is not held. Tests themselves are interrupted at once.
 
 A sub-plugin of `harness.pytest_plugin`; it only ever replaces the default SIGINT
-handler, in the main thread, and only for the length of one step.
+handler, in the main thread, and only for the length of one step. It also gives every
+frame of an interrupt's traceback a line number before pytest reports it (see
+`pytest_keyboard_interrupt`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import signal
 import threading
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from types import FrameType
+from types import FrameType, TracebackType
 
 import pytest
 
@@ -37,6 +39,39 @@ def pytest_fixture_setup(request: pytest.FixtureRequest) -> Generator[None, obje
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
     with _held(item.config):
         return (yield)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Python 3.11 can interrupt a frame at an instruction that has no line number; the
+    traceback then says None for its line, and pytest's report of the interrupt raises
+    TypeError on it, which escapes the run as a traceback (exit 1, not 130). Each such
+    frame is given the first line of its function instead, in the whole chain."""
+    exception: BaseException | None = excinfo.value
+    seen: set[int] = set()
+    while exception is not None and id(exception) not in seen:
+        seen.add(id(exception))
+        if exception.__traceback__ is not None:
+            exception.__traceback__ = _numbered(exception.__traceback__)
+        exception = exception.__cause__ or exception.__context__
+    if excinfo.value.__traceback__ is not None:
+        excinfo.traceback = pytest.ExceptionInfo.from_exception(excinfo.value).traceback
+
+
+def _numbered(traceback: TracebackType) -> TracebackType:
+    entries: list[TracebackType] = []
+    entry: TracebackType | None = traceback
+    while entry is not None:
+        entries.append(entry)
+        entry = entry.tb_next
+    if all(e.tb_lineno is not None for e in entries):
+        return traceback
+    rebuilt: TracebackType | None = None
+    for e in reversed(entries):
+        line = e.tb_lineno if e.tb_lineno is not None else e.tb_frame.f_code.co_firstlineno
+        rebuilt = TracebackType(rebuilt, e.tb_frame, e.tb_lasti, line)
+    assert rebuilt is not None
+    return rebuilt
 
 
 @contextmanager

@@ -199,7 +199,7 @@ class Verdicts:
             self.session.shouldstop = f"turnproof: {message}"
             self.run.usage_error_shown = True
 
-    @pytest.hookimpl(tryfirst=True)  # before pytest's own report of it, which can crash (cli.py)
+    @pytest.hookimpl(tryfirst=True)  # before pytest's own report of it, should that raise
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         if is_user_interrupt(excinfo):
             self.run.interrupted = True
