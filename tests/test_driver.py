@@ -383,6 +383,26 @@ async def test_python_workers_are_forks_of_one_server_which_reports_how_they_end
     assert not any(alive(pid) for pid in servers), "closing the adapter ends its server"
 
 
+async def test_a_dead_fork_server_leaves_its_workers_killable_and_says_so_at_the_next_start(
+    dsn,
+):
+    """Its workers keep their pipes to the harness; only their exit status is lost, and
+    a worker it cannot start is the harness's error, never the implementation's."""
+    adapter = DriverAdapter(WORKER, spares=0)
+    store = await adapter.connect(dsn)
+    try:
+        os.kill(parents()[store.worker_pid], signal.SIGKILL)
+        assert await store.create_chat(workspace_id="w"), "the worker still serves"
+        with anyio.fail_after(BOUND):
+            await store.kill()
+        assert not alive(store.worker_pid)
+        with pytest.raises(HarnessError, match="fork server"):
+            await adapter.connect(dsn)
+    finally:
+        await store.aclose()
+        adapter.close()
+
+
 THREAD_ON_IMPORT = """
 import threading
 

@@ -104,8 +104,9 @@ class ForkServer:
                 ) from None
 
     def exit_status(self, pid: int, *, wait: bool) -> int | None:
-        """`pid`'s exit status once the server has reaped it; None while it runs (or, if
-        the server itself is gone, for as long as the process exists)."""
+        """`pid`'s exit status once the server has reaped it; None while it runs. If the
+        server itself is gone the status is lost: None, once the process is gone too (or
+        the answer timeout has passed)."""
         with self._lock:
             self._socket.settimeout(None if wait else 0.0)
             while pid not in self._exited and not self._gone:
@@ -120,8 +121,9 @@ class ForkServer:
                     self._exited[other] = value
             if pid in self._exited:
                 return self._exited.pop(pid)
-        while wait and _exists(pid):  # the server is gone: the process ends all the same
-            time.sleep(EXIT_POLL)
+        deadline = time.monotonic() + self._answer_within
+        while wait and _exists(pid) and time.monotonic() < deadline:
+            time.sleep(EXIT_POLL)  # the server is gone: the process ends all the same
         return None
 
     def close(self) -> None:
