@@ -477,21 +477,21 @@ class _Child:
                 if self.process.poll() is not None:
                     break
                 await anyio.sleep(EXIT_POLL)
-        return self.process.returncode
+        return self.returncode
 
     def signal(self, number: signal.Signals) -> None:
         """Send `number` to its process group, if it is not reaped yet."""
-        if self.process.returncode is None:  # not reaped yet, so its pid names it still
+        if self.returncode is None:  # not reaped yet, so its pid names it still
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, number)
+                os.killpg(self.pid, number)
 
     def kill(self) -> None:
         """SIGKILL its process group (a wrapper script's children too) and reap it. The pipes
         stay open, so a task reading them sees their end rather than a closed descriptor."""
-        if self.process.returncode is None:
+        if self.returncode is None:
             self.signal(signal.SIGKILL)
             self.process.wait()
-        _LIVE.discard(self.process.pid)
+        _LIVE.discard(self.pid)
 
     def release(self) -> None:
         """Kill it if need be, then close its pipes and its stderr file."""

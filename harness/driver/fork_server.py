@@ -76,7 +76,7 @@ class ForkServer:
             if self._forkable is None:
                 self._socket.settimeout(self._answer_within)
                 try:
-                    kind, _pid, value = self._read_record()
+                    kind, _pid, value = self._next_record()
                 except (OSError, EOFError):
                     kind, value = READY, 0
                 self._forkable = kind == READY and value == 1
@@ -90,18 +90,15 @@ class ForkServer:
             self._socket.settimeout(self._answer_within)
             try:
                 socket.send_fds(self._socket, [b"F"], [stdin, stdout, stderr])
-                while True:
-                    kind, pid, value = self._read_record()
-                    if kind == STARTED:
-                        return ForkedProcess(self, pid)
-                    if kind == EXITED:
-                        self._exited[pid] = value
+                while (record := self._next_record())[0] != STARTED:
+                    pass
             except (OSError, EOFError) as exc:
                 self._gone = True
                 raise HarnessError(
                     f"the fork server of {self.adapter_spec!r} did not start a worker: "
                     f"{exc or type(exc).__name__}"
                 ) from None
+            return ForkedProcess(self, record[1])
 
     def exit_status(self, pid: int, *, wait: bool) -> int | None:
         """`pid`'s exit status once the server has reaped it; None while it runs. If the
@@ -111,14 +108,11 @@ class ForkServer:
             self._socket.settimeout(None if wait else 0.0)
             while pid not in self._exited and not self._gone:
                 try:
-                    kind, other, value = self._read_record()
+                    self._next_record()
                 except (BlockingIOError, TimeoutError):
                     return None
                 except (OSError, EOFError):
                     self._gone = True
-                    break
-                if kind == EXITED:
-                    self._exited[other] = value
             if pid in self._exited:
                 return self._exited.pop(pid)
         deadline = time.monotonic() + self._answer_within
@@ -137,14 +131,18 @@ class ForkServer:
             self._process.kill()
             self._process.wait()
 
-    def _read_record(self) -> tuple[bytes, int, int]:
+    def _next_record(self) -> tuple[bytes, int, int]:
+        """The server's next report; an exit is also filed, for `exit_status`."""
         while len(self._buffer) < RECORD.size:
             chunk = self._socket.recv(RECORD.size * 64)
             if not chunk:
                 raise EOFError("the fork server exited")
             self._buffer += chunk
         record, self._buffer = self._buffer[: RECORD.size], self._buffer[RECORD.size :]
-        return RECORD.unpack(record)
+        kind, pid, value = RECORD.unpack(record)
+        if kind == EXITED:
+            self._exited[pid] = value
+        return kind, pid, value
 
 
 class ForkedProcess:
