@@ -77,9 +77,9 @@ class ForkServer:
                 self._socket.settimeout(self._answer_within)
                 try:
                     kind, _pid, value = self._next_record()
-                except (OSError, EOFError):
-                    kind, value = READY, 0
-                self._forkable = kind == READY and value == 1
+                    self._forkable = kind == READY and value == 1
+                except (OSError, EOFError):  # no answer: its workers are started instead
+                    self._forkable = False
             return self._forkable
 
     def start(self, stdin: int, stdout: int, stderr: int) -> ForkedProcess:
