@@ -282,6 +282,71 @@ def test_an_interrupt_at_an_instruction_without_a_line_number_still_ends_as_inte
     assert "KeyboardInterrupt" in output, output
 
 
+INTERRUPTED_INSIDE_ITS_TASK = """
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.requirement("MSG-1a")
+async def test_interrupted(store):
+    await store.create_chat(workspace_id="w")
+    raise KeyboardInterrupt  # inside the test's own task, as a Ctrl-C there would be
+"""
+
+
+def test_an_async_test_interrupted_inside_its_task_ends_the_run_as_interrupted(
+    pytester, postgres_server
+):
+    """anyio's runner left the test's call waiting with its wake-up queued, and tearing
+    down the store fixture raised the interrupt again, out of the run (exit 1)."""
+    pytester.makepyfile(test_interrupted=INTERRUPTED_INSIDE_ITS_TASK)
+    result, report = run_json(pytester, postgres_server.admin_dsn, "--adapter", "reference")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    assert report["interrupted"] is True, output
+    assert "Traceback" not in output, output
+
+
+DROPPED_INTERRUPT = """
+import signal
+
+import pytest
+
+
+class PressedInADestructor:
+    def __del__(self):
+        handler = signal.getsignal(signal.SIGINT)
+        handler(signal.SIGINT, None)  # a Ctrl-C landing here: Python drops its exception
+
+
+@pytest.mark.requirement("MSG-1a")
+def test_first():
+    PressedInADestructor()
+
+
+@pytest.mark.requirement("MSG-1a")
+def test_second():
+    pass
+"""
+
+
+def test_a_ctrl_c_whose_exception_python_dropped_still_stops_the_run(pytester, postgres_server):
+    """A KeyboardInterrupt raised in a destructor or a gc callback (seen in Hypothesis's)
+    is dropped by Python; the run went on to the end and passed."""
+    pytester.makepyfile(test_dropped=DROPPED_INTERRUPT)
+    result, report = run_json(pytester, postgres_server.admin_dsn, "--adapter", "reference")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    assert report["interrupted"] is True, output
+    assert "test_second" not in {s["nodeid"].split("::")[-1] for s in report["scenarios"]}, output
+
+
 def outcome(requirement_id: str, result: str) -> ScenarioOutcome:
     return ScenarioOutcome(f"scenarios.x::test_{requirement_id}", (requirement_id,), result)
 

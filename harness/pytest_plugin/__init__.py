@@ -12,7 +12,8 @@ A small package, one job per module (pytest-xdist's layout is the model):
 - `verdicts`: reports folded into the matrix and verdict, serial or under pytest-xdist;
 - `fixtures`: `adapter`, `turn_dsn`, `store`, `open_store`, `db_clock`;
 - `time_bounds`: the bound on every in-process adapter call;
-- `interrupts`: Ctrl-C held while a fixture is set up or torn down, raised right after;
+- `interrupts`: Ctrl-C held while a fixture is set up or torn down, raised right after,
+  and never lost or raised twice;
 - sub-plugins `network_faults` (`faulty_store`), `server_restart` (`restart_postgres`) and
   the race engine's own `harness.race.pytest_plugin` (`race_engine`).
 

@@ -10,14 +10,24 @@ SIGINT is held while a fixture is set up or while a test's fixtures are torn dow
 each bounded by the operation timeout, and raised as soon as that step is over; a
 second Ctrl-C is not held. Tests themselves are interrupted at once.
 
-A sub-plugin of `harness.pytest_plugin`; it only ever replaces the default SIGINT
-handler, in the main thread, and only for the length of one step. It also gives every
-frame of an interrupt's traceback a line number before pytest reports it (see
-`pytest_keyboard_interrupt`).
+Two more ways an interrupt went astray, both closed here:
+- A KeyboardInterrupt raised inside an async test's own task ends anyio's runner task
+  but leaves the test's call waiting, its wake-up queued: the clean-up's next loop run
+  raised the interrupt again, out of the run. That call is cancelled first
+  (`pytest_runtest_call`).
+- A KeyboardInterrupt raised where Python drops exceptions (a gc callback, a
+  `__del__`) vanished, and the run went on to the end. The run's handler remembers
+  the press, and the test under way is the last one (`pytest_runtest_protocol`).
+
+A sub-plugin of `harness.pytest_plugin`; in a run that selected scenarios it replaces
+the default SIGINT handler, in the main thread, for the length of the session. It
+also gives every frame of an interrupt's traceback a line number before pytest
+reports it (see `pytest_keyboard_interrupt`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from collections.abc import Generator, Iterator
@@ -25,8 +35,51 @@ from contextlib import contextmanager
 from types import FrameType, TracebackType
 
 import pytest
+from anyio import pytest_plugin as anyio_pytest_plugin
 
 from harness.pytest_plugin.run import RUN_PLUGIN_NAME, TurnproofRun
+
+
+class _Interrupt:
+    """The run's SIGINT handler: raises KeyboardInterrupt, as the default one does, and
+    remembers that it was pressed, wherever that exception ends up."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __call__(self, _signum: int, _frame: FrameType | None) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+
+_HANDLER = pytest.StashKey[_Interrupt]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    handler = _handler(item.config)
+    result = yield
+    if handler is not None and handler.pressed:  # its KeyboardInterrupt was dropped
+        raise KeyboardInterrupt
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    try:
+        return (yield)
+    except KeyboardInterrupt:
+        _cancel_the_interrupted_call()
+        raise
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    handler = session.config.stash.get(_HANDLER, None)
+    if handler is not None and signal.getsignal(signal.SIGINT) is handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -74,15 +127,53 @@ def _numbered(traceback: TracebackType) -> TracebackType:
     return rebuilt
 
 
+def _handler(config: pytest.Config) -> _Interrupt | None:
+    """The run's SIGINT handler, installed at its first test: only in a run that selected
+    scenarios, in the main thread, in place of the default one."""
+    handler = config.stash.get(_HANDLER, None)
+    if handler is None:
+        run = config.pluginmanager.get_plugin(RUN_PLUGIN_NAME)
+        if (
+            not isinstance(run, TurnproofRun)
+            or not run.selected
+            or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            return None
+        handler = config.stash[_HANDLER] = _Interrupt()
+        signal.signal(signal.SIGINT, handler)
+    return handler if signal.getsignal(signal.SIGINT) is handler else None
+
+
+def _cancel_the_interrupted_call() -> None:
+    """anyio's runner (4.16) runs each async test as a call in its runner task; a
+    KeyboardInterrupt raised inside that task ends it, and the call's task is left
+    waiting with its wake-up queued. The clean-up's next loop run would raise the
+    interrupt from it again, out of the run; cancelled here, and the runner starts a
+    fresh task for the clean-up (agronholm/anyio#1060 covers a test interrupted while
+    it waits, not this)."""
+    runner = getattr(anyio_pytest_plugin, "_current_runner", None)
+    runner_task = getattr(runner, "_runner_task", None)
+    if runner is None or not isinstance(runner_task, asyncio.Task) or not runner_task.done():
+        return
+    runner_task.exception()  # retrieved: the interrupt is being reported
+    runner._runner_task = None
+    loop = runner.get_loop()
+    calls = [
+        task
+        for task in asyncio.all_tasks(loop)
+        if getattr(task.get_coro(), "__qualname__", "") == "TestRunner._call_in_runner_task"
+    ]
+    for task in calls:
+        task.cancel()
+    if calls:
+        loop.run_until_complete(asyncio.gather(*calls, return_exceptions=True))
+
+
 @contextmanager
 def _held(config: pytest.Config) -> Iterator[None]:
-    run = config.pluginmanager.get_plugin(RUN_PLUGIN_NAME)
-    if (
-        not isinstance(run, TurnproofRun)
-        or not run.selected
-        or threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
+    handler = _handler(config)
+    if handler is None:
         yield
         return
     pressed: list[bool] = []
@@ -96,6 +187,7 @@ def _held(config: pytest.Config) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, handler)
         if pressed:  # the user asked to stop: that outranks how the step itself ended
+            handler.pressed = True
             raise KeyboardInterrupt
