@@ -313,6 +313,42 @@ def test_an_async_test_interrupted_inside_its_task_ends_the_run_as_interrupted(
     assert "Traceback" not in output, output
 
 
+INTERRUPTED_IN_A_TASK_GROUP = """
+import anyio
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def pressed():
+    raise KeyboardInterrupt  # inside a task of a group, as a race's actors run
+
+
+@pytest.mark.requirement("MSG-1a")
+async def test_interrupted(store):
+    async with anyio.create_task_group() as group:
+        group.start_soon(pressed)
+"""
+
+
+def test_an_interrupt_inside_a_task_group_stops_the_run_and_fails_nothing(
+    pytester, postgres_server
+):
+    """The group wraps the KeyboardInterrupt: it was scored as the test's failure, a FAIL
+    the implementation never earned, and the run went on."""
+    pytester.makepyfile(test_interrupted=INTERRUPTED_IN_A_TASK_GROUP)
+    result, report = run_json(pytester, postgres_server.admin_dsn, "--adapter", "reference")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    assert report["interrupted"] is True, output
+    assert [s["outcome"] for s in report["scenarios"]] == [], output
+
+
 DROPPED_INTERRUPT = """
 import signal
 

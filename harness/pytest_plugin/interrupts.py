@@ -10,14 +10,18 @@ SIGINT is held while a fixture is set up or while a test's fixtures are torn dow
 each bounded by the operation timeout, and raised as soon as that step is over; a
 second Ctrl-C is not held. Tests themselves are interrupted at once.
 
-Two more ways an interrupt went astray, both closed here:
-- A KeyboardInterrupt raised inside an async test's own task ends anyio's runner task
-  but leaves the test's call waiting, its wake-up queued: the clean-up's next loop run
-  raised the interrupt again, out of the run. That call is cancelled first
-  (`pytest_runtest_call`).
-- A KeyboardInterrupt raised where Python drops exceptions (a gc callback, a
-  `__del__`) vanished, and the run went on to the end. The run's handler remembers
-  the press, and the test under way is the last one (`pytest_runtest_protocol`).
+Where else an interrupt went astray, and what the run's SIGINT handler (`_Interrupt`)
+does instead:
+- Raised inside a task (a race's task group, an async test's own task), it left
+  anyio's runner spinning on the group's cancellation, or the test's call waiting with
+  its wake-up queued, to raise again in the clean-up, out of the run. A press that
+  lands while the event loop runs is raised from a callback of the loop, outside every
+  task, which anyio recovers from; a KeyboardInterrupt a test raises inside its task
+  has its call cancelled before the clean-up (`pytest_runtest_call`), and one inside a
+  task group stops the run rather than failing the test.
+- Raised where Python drops exceptions (a gc callback, a `__del__`), it vanished, and
+  the run went on to the end. The handler remembers the press, and the test under way
+  is the last one (`pytest_runtest_protocol`).
 
 A sub-plugin of `harness.pytest_plugin`; in a run that selected scenarios it replaces
 the default SIGINT handler, in the main thread, for the length of the session. It
@@ -28,6 +32,7 @@ reports it (see `pytest_keyboard_interrupt`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 from collections.abc import Generator, Iterator
@@ -41,15 +46,29 @@ from harness.pytest_plugin.run import RUN_PLUGIN_NAME, TurnproofRun
 
 
 class _Interrupt:
-    """The run's SIGINT handler: raises KeyboardInterrupt, as the default one does, and
-    remembers that it was pressed, wherever that exception ends up."""
+    """The run's SIGINT handler. Outside an event loop it raises KeyboardInterrupt where
+    it lands, as the default one does, and remembers the press in case that exception is
+    dropped. Inside the loop it raises from a callback of the loop instead: raised inside
+    a task, or a task of a task group, the interrupt left anyio's runner waiting forever
+    on that group's cancellation, or came back from the task in the clean-up. A second
+    press raises at once (a task that never yields to the loop)."""
 
     def __init__(self) -> None:
         self.pressed = False
+        self.delivered = False
 
     def __call__(self, _signum: int, _frame: FrameType | None) -> None:
-        self.pressed = True
-        raise KeyboardInterrupt
+        if not self.pressed:
+            self.pressed = True
+            with contextlib.suppress(RuntimeError):  # no loop runs in this thread
+                asyncio.get_running_loop().call_soon_threadsafe(self.deliver)
+                return
+        self.deliver()
+
+    def deliver(self) -> None:
+        if not self.delivered:
+            self.delivered = True
+            raise KeyboardInterrupt
 
 
 _HANDLER = pytest.StashKey[_Interrupt]()
@@ -62,7 +81,8 @@ def pytest_runtest_protocol(
     handler = _handler(item.config)
     result = yield
     if handler is not None and handler.pressed:  # its KeyboardInterrupt was dropped
-        raise KeyboardInterrupt
+        handler.delivered = False
+        handler.deliver()
     return result
 
 
@@ -73,6 +93,12 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     except KeyboardInterrupt:
         _cancel_the_interrupted_call()
         raise
+    except BaseExceptionGroup as group:
+        pressed, _ = group.split(KeyboardInterrupt)
+        if pressed is None:
+            raise
+        _cancel_the_interrupted_call()
+        raise KeyboardInterrupt from group  # an interrupted task group: the run's, not a FAIL
 
 
 @pytest.hookimpl(trylast=True)
@@ -149,15 +175,16 @@ def _cancel_the_interrupted_call() -> None:
     """anyio's runner (4.16) runs each async test as a call in its runner task; a
     KeyboardInterrupt raised inside that task ends it, and the call's task is left
     waiting with its wake-up queued. The clean-up's next loop run would raise the
-    interrupt from it again, out of the run; cancelled here, and the runner starts a
-    fresh task for the clean-up (agronholm/anyio#1060 covers a test interrupted while
-    it waits, not this)."""
+    interrupt from it again, out of the run, or find the ended runner task and fail on
+    its closed stream. The call is cancelled here, and the runner starts a fresh task
+    for the clean-up (agronholm/anyio#1060 covers a test interrupted while it waits)."""
     runner = getattr(anyio_pytest_plugin, "_current_runner", None)
-    runner_task = getattr(runner, "_runner_task", None)
-    if runner is None or not isinstance(runner_task, asyncio.Task) or not runner_task.done():
+    if runner is None:
         return
-    runner_task.exception()  # retrieved: the interrupt is being reported
-    runner._runner_task = None
+    runner_task = getattr(runner, "_runner_task", None)
+    if isinstance(runner_task, asyncio.Task) and runner_task.done():
+        runner_task.exception()  # retrieved: the interrupt is being reported
+        runner._runner_task = None
     loop = runner.get_loop()
     calls = [
         task
@@ -189,5 +216,5 @@ def _held(config: pytest.Config) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, handler)
         if pressed:  # the user asked to stop: that outranks how the step itself ended
-            handler.pressed = True
+            handler.pressed = handler.delivered = True
             raise KeyboardInterrupt
