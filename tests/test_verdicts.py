@@ -85,10 +85,7 @@ class HangingStep:
 adapter = HangingStep()
 """
 
-HANGING_SCENARIOS = """
-from datetime import timedelta
-
-import pytest
+ASYNCIO_TEST_MODULE = """import pytest
 
 pytestmark = pytest.mark.anyio
 
@@ -96,7 +93,13 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+"""
+"""The head of an inner test module whose tests are async, on asyncio."""
 
+HANGING_SCENARIOS = (
+    "from datetime import timedelta\n"
+    + ASYNCIO_TEST_MODULE
+    + """
 
 @pytest.mark.requirement("MSG-4a")
 @pytest.mark.capability("turns")
@@ -115,6 +118,7 @@ async def test_flush(store):
     await writer.update(shell, "w", "x", [])
     await writer.flush(shell)
 """
+)
 
 
 def run_json(pytester: pytest.Pytester, dsn: str, *args: str) -> tuple[pytest.RunResult, Any]:
@@ -131,6 +135,17 @@ def run_json(pytester: pytest.Pytester, dsn: str, *args: str) -> tuple[pytest.Ru
     )
     assert report.exists(), result.stdout.str() + result.stderr.str()
     return result, json.loads(report.read_text())
+
+
+def run_interrupted(pytester: pytest.Pytester, dsn: str, module: str) -> tuple[str, Any]:
+    """Run `module` against the reference, which must end the run as interrupted; its
+    output and report."""
+    pytester.makepyfile(test_interrupted=module)
+    result, report = run_json(pytester, dsn, "--adapter", "reference")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    assert report["interrupted"] is True, output
+    return output, report
 
 
 def test_classification_follows_the_error_tree(pytester, postgres_server):
@@ -273,31 +288,21 @@ def test_an_interrupt_at_an_instruction_without_a_line_number_still_ends_as_inte
     """Python 3.11 can interrupt a frame where its traceback then has no line number (seen
     with SIGTERM in CI); pytest's own report of the interrupt raised TypeError on it, and
     the run ended with a traceback and exit 1."""
-    pytester.makepyfile(test_interrupted=INTERRUPTED_WHERE_NO_LINE_IS)
-    result, report = run_json(pytester, postgres_server.admin_dsn, "--adapter", "reference")
-    output = result.stdout.str() + result.stderr.str()
-    assert result.ret == pytest.ExitCode.INTERRUPTED, output
-    assert report["interrupted"] is True, output
+    output, _ = run_interrupted(pytester, postgres_server.admin_dsn, INTERRUPTED_WHERE_NO_LINE_IS)
     assert "TypeError" not in output, output
     assert "KeyboardInterrupt" in output, output
 
 
-INTERRUPTED_INSIDE_ITS_TASK = """
-import pytest
-
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
+INTERRUPTED_INSIDE_ITS_TASK = (
+    ASYNCIO_TEST_MODULE
+    + """
 
 @pytest.mark.requirement("MSG-1a")
 async def test_interrupted(store):
     await store.create_chat(workspace_id="w")
     raise KeyboardInterrupt  # inside the test's own task, as a Ctrl-C there would be
 """
+)
 
 
 def test_an_async_test_interrupted_inside_its_task_ends_the_run_as_interrupted(
@@ -305,25 +310,14 @@ def test_an_async_test_interrupted_inside_its_task_ends_the_run_as_interrupted(
 ):
     """anyio's runner left the test's call waiting with its wake-up queued, and tearing
     down the store fixture raised the interrupt again, out of the run (exit 1)."""
-    pytester.makepyfile(test_interrupted=INTERRUPTED_INSIDE_ITS_TASK)
-    result, report = run_json(pytester, postgres_server.admin_dsn, "--adapter", "reference")
-    output = result.stdout.str() + result.stderr.str()
-    assert result.ret == pytest.ExitCode.INTERRUPTED, output
-    assert report["interrupted"] is True, output
+    output, _ = run_interrupted(pytester, postgres_server.admin_dsn, INTERRUPTED_INSIDE_ITS_TASK)
     assert "Traceback" not in output, output
 
 
-INTERRUPTED_IN_A_TASK_GROUP = """
-import anyio
-import pytest
-
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
+INTERRUPTED_IN_A_TASK_GROUP = (
+    "import anyio\n"
+    + ASYNCIO_TEST_MODULE
+    + """
 
 async def pressed():
     raise KeyboardInterrupt  # inside a task of a group, as a race's actors run
@@ -334,6 +328,7 @@ async def test_interrupted(store):
     async with anyio.create_task_group() as group:
         group.start_soon(pressed)
 """
+)
 
 
 def test_an_interrupt_inside_a_task_group_stops_the_run_and_fails_nothing(
@@ -341,11 +336,9 @@ def test_an_interrupt_inside_a_task_group_stops_the_run_and_fails_nothing(
 ):
     """The group wraps the KeyboardInterrupt: it was scored as the test's failure, a FAIL
     the implementation never earned, and the run went on."""
-    pytester.makepyfile(test_interrupted=INTERRUPTED_IN_A_TASK_GROUP)
-    result, report = run_json(pytester, postgres_server.admin_dsn, "--adapter", "reference")
-    output = result.stdout.str() + result.stderr.str()
-    assert result.ret == pytest.ExitCode.INTERRUPTED, output
-    assert report["interrupted"] is True, output
+    output, report = run_interrupted(
+        pytester, postgres_server.admin_dsn, INTERRUPTED_IN_A_TASK_GROUP
+    )
     assert [s["outcome"] for s in report["scenarios"]] == [], output
 
 
@@ -375,11 +368,7 @@ def test_second():
 def test_a_ctrl_c_whose_exception_python_dropped_still_stops_the_run(pytester, postgres_server):
     """A KeyboardInterrupt raised in a destructor or a gc callback (seen in Hypothesis's)
     is dropped by Python; the run went on to the end and passed."""
-    pytester.makepyfile(test_dropped=DROPPED_INTERRUPT)
-    result, report = run_json(pytester, postgres_server.admin_dsn, "--adapter", "reference")
-    output = result.stdout.str() + result.stderr.str()
-    assert result.ret == pytest.ExitCode.INTERRUPTED, output
-    assert report["interrupted"] is True, output
+    output, report = run_interrupted(pytester, postgres_server.admin_dsn, DROPPED_INTERRUPT)
     assert "test_second" not in {s["nodeid"].split("::")[-1] for s in report["scenarios"]}, output
 
 
