@@ -38,6 +38,7 @@ import threading
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from types import FrameType, TracebackType
+from typing import NoReturn
 
 import pytest
 from anyio import pytest_plugin as anyio_pytest_plugin
@@ -67,8 +68,12 @@ class _Interrupt:
 
     def deliver(self) -> None:
         if not self.delivered:
-            self.delivered = True
-            raise KeyboardInterrupt
+            self.stop()
+
+    def stop(self) -> NoReturn:
+        """Raise the run's interrupt now, counted as pressed and delivered."""
+        self.pressed = self.delivered = True
+        raise KeyboardInterrupt
 
 
 _HANDLER = pytest.StashKey[_Interrupt]()
@@ -81,8 +86,7 @@ def pytest_runtest_protocol(
     handler = _handler(item.config)
     result = yield
     if handler is not None and handler.pressed:  # its KeyboardInterrupt was dropped
-        handler.delivered = False
-        handler.deliver()
+        handler.stop()
     return result
 
 
@@ -216,5 +220,4 @@ def _held(config: pytest.Config) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, handler)
         if pressed:  # the user asked to stop: that outranks how the step itself ended
-            handler.pressed = handler.delivered = True
-            raise KeyboardInterrupt
+            handler.stop()
